@@ -1,0 +1,190 @@
+"Tests of m2df.artifacts: run reuse and locking, the papermill driver, collection, paired scoring, published data, packaging."
+import json, os, subprocess, sys, zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import m2df.artifacts as art
+from m2df.artifacts import (VARIANTS, CPU_BUDGET, ensure_run, run_path, run_grid, collect_runs, load_run, find_runs,
+                            paired_to_reference, load_published, train_notebook_parameters, notebook_parameters,
+                            ablation_frame, main_tables, load_run_model, episode_embeddings, budget_overrides, infer_variant)
+from m2df.config import make_config
+from m2df.evaluate import mean_ci95, evaluate
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_NB = REPO / 'nbs' / 'train.ipynb'
+
+def tiny_cfg(**kw):
+    "A run that trains in seconds: 4 frames, 2 optimiser steps of 2 episodes, 6 test episodes."
+    return make_config('synthetic', **{**dict(frames=4, fusion_ffn=64, accumulation=2, episodes=4, val_every=4, val_episodes=4,
+                                              test_episodes=6), **kw})
+
+def fake_run(root, variant, acc, seed=2024, **kw):
+    "A run folder with the records the learner writes, for collection tests (no training)."
+    cfg = VARIANTS[variant].config('synthetic', eval_seed=seed, **{**CPU_BUDGET['synthetic'], **kw})
+    d = run_path(root, cfg); d.mkdir(parents=True)
+    (d / 'config.json').write_text(json.dumps(cfg.to_dict()))
+    m, h = mean_ci95(acc)
+    (d / 'test.json').write_text(json.dumps(dict(split='test', episodes=len(acc), way=5, shot=cfg.shot, query=1, seed=seed,
+                                                 accuracy=100 * m, ci95=100 * h, episode_accuracy=list(map(float, acc)),
+                                                 per_class={})))
+    return d
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    "One tiny run trained through the package."
+    root = tmp_path_factory.mktemp('runs')
+    cfg = tiny_cfg()
+    d = ensure_run(cfg, run_path(root, cfg))
+    return cfg, d
+
+# --- running and reuse
+
+def test_ensure_run_trains_then_reuses(trained):
+    cfg, d = trained
+    assert (d / 'test.json').exists() and (d / 'checkpoints' / 'best.pt').exists()
+    before = {f: (d / f).stat().st_mtime_ns for f in ('test.json', 'metrics.csv', 'config.json')}
+    assert ensure_run(cfg.replace(device='cpu', num_workers=0), d) == d        # neutral fields: the same run
+    assert {f: (d / f).stat().st_mtime_ns for f in before} == before           # nothing retrained or rewritten
+    assert len((d / 'metrics.csv').read_text().splitlines()) == 1 + 2          # header + 2 optimiser steps
+
+def test_ensure_run_refuses_another_config(trained):
+    cfg, d = trained
+    with pytest.raises(ValueError, match="lam: run 1.0, asked 0.5"):
+        ensure_run(cfg.replace(lam=0.5), d)
+
+def test_ensure_run_collect_only(tmp_path):
+    cfg = tiny_cfg()
+    with pytest.raises(FileNotFoundError, match='no finished run'):
+        ensure_run(cfg, run_path(tmp_path, cfg), train=False)
+    with pytest.warns(UserWarning, match='no finished run'):
+        df = run_grid([cfg], tmp_path, train=False, log=lambda *_: None)
+    assert df.empty
+    with pytest.raises(ValueError, match='driver'):
+        ensure_run(cfg, run_path(tmp_path, cfg), driver='slurm')
+
+def test_rerun_retrains(tmp_path):
+    cfg = tiny_cfg(episodes=2, val_every=2)
+    d = ensure_run(cfg, run_path(tmp_path, cfg))
+    t0 = (d / 'test.json').stat().st_mtime_ns
+    (d / 'marker').write_text('old run')
+    ensure_run(cfg, d, rerun=True)
+    assert not (d / 'marker').exists() and (d / 'test.json').stat().st_mtime_ns != t0
+
+def test_concurrent_requests_train_once(tmp_path):
+    "Two processes asking for the same run at once: one trains, the other waits and reuses it."
+    code = ('import sys; from m2df.config import make_config; from m2df.artifacts import ensure_run, run_path\n'
+            "cfg = make_config('synthetic', frames=4, fusion_ffn=64, accumulation=2, episodes=4, val_every=4, "
+            "val_episodes=4, test_episodes=6)\n"
+            'ensure_run(cfg, run_path(sys.argv[1], cfg))\n')
+    procs = [subprocess.Popen([sys.executable, '-c', code, str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    (d,) = find_runs(tmp_path)
+    assert len((d / 'metrics.csv').read_text().splitlines()) == 1 + 2     # trained once, not twice or resumed
+    assert not list(d.glob('env-resumed-*.json'))
+
+def test_loaded_model_reproduces_its_test_score(trained):
+    cfg, d = trained
+    model, c = load_run_model(d)
+    assert c.pretrained is None and not model.training
+    r = evaluate(model, c, 'test')
+    assert r['episode_accuracy'] == json.loads((d / 'test.json').read_text())['episode_accuracy']
+
+def test_episode_embeddings_of_a_trained_run(trained):
+    cfg, d = trained
+    model, c = load_run_model(d)
+    emb, acc = episode_embeddings(model, c, index=1, shot=2, query=3)
+    assert set(emb.representation) == {'CLIP frames', 'LTCE view', 'GTCE view'}
+    assert emb.groupby('representation').size().eq(5 * 2 + 5 * 3 + 5).all()
+    v = np.stack(emb.vector)
+    assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    assert emb[emb.role == 'query'].groupby(['representation', 'class']).size().eq(3).all()
+
+# --- the papermill driver
+
+def test_train_notebook_takes_every_variant():
+    "Every variant's config, with the CPU budget, maps onto parameters of nbs/train.ipynb (ablation switches included)."
+    names = notebook_parameters(TRAIN_NB)
+    assert {'dataset', 'preset', 'lam', 'distill_condition', 'distill_direction', 'eval_episodes', 'run_dir'} <= set(names)
+    for v in VARIANTS.values():
+        cfg = v.config('synthetic', **budget_overrides('synthetic', lam=0.5))
+        p = train_notebook_parameters(cfg, v.preset, names)
+        assert make_config(p.pop('dataset'), p.pop('preset'), **{('test_episodes' if k == 'eval_episodes' else k): x
+                                                                 for k, x in p.items()}) == cfg
+
+def test_train_notebook_parameters_refuses_unknown_field():
+    with pytest.raises(ValueError, match="'gtce_kernel'"):
+        train_notebook_parameters(make_config('synthetic', gtce_kernel=5), 'paper', notebook_parameters(TRAIN_NB))
+
+def test_papermill_driver(tmp_path):
+    cfg = make_config('synthetic', lam=0.5, frames=4, accumulation=2, episodes=2, val_every=2, val_episodes=4, test_episodes=6)
+    d = ensure_run(cfg, run_path(tmp_path, cfg), driver='papermill')   # every changed field is a train notebook parameter
+    executed = json.loads((d / 'train.ipynb').read_text())
+    assert any('injected-parameters' in c['metadata'].get('tags', []) for c in executed['cells'])
+    saved = json.loads((d / 'config.json').read_text())
+    assert saved['lam'] == 0.5 and saved['episodes'] == 2 and saved['frames'] == 4
+    assert load_run(d)['variant'] == 'full'
+
+# --- collection and paired scoring
+
+def test_load_run_names_missing_file(tmp_path):
+    (tmp_path / 'config.json').write_text('{}')
+    with pytest.raises(FileNotFoundError, match='test.json is missing'):
+        load_run(tmp_path)
+
+def test_pairs_only_runs_on_the_same_episodes(tmp_path):
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(0, 2, 50).astype(float), rng.integers(0, 2, 50).astype(float)
+    runs = collect_runs([fake_run(tmp_path, 'full', a), fake_run(tmp_path, 'no_pps', b),
+                         fake_run(tmp_path, 'no_distill', b, seed=7)])            # other evaluation seed: other episodes
+    p = paired_to_reference(runs).set_index('variant')
+    assert np.isclose(p.loc['no_pps', 'delta'], 100 * (b - a).mean())
+    assert np.isnan(p.loc['no_distill', 'delta'])                                 # no full-model run on its episodes
+
+def test_ablation_tables_cover_every_group(tmp_path):
+    rng = np.random.default_rng(2)
+    runs = collect_runs([fake_run(tmp_path, v, rng.integers(0, 2, 30).astype(float)) for v in VARIANTS])
+    ab = ablation_frame(runs)
+    assert list(dict.fromkeys(ab.group)) == list(art.ABLATION_GROUPS)
+    for g, t in ab.groupby('group'):
+        assert t.setting.iloc[0].endswith('(full model)') and t.delta.iloc[0] == 0
+    assert set(ab.variant) == set(VARIANTS) - {'clipfsar'}
+    measured, pub, _ = main_tables(runs, load_published())
+    assert len(measured) == 3 and pub.empty                  # no published numbers for the synthetic benchmark
+
+def test_infer_variant_of_a_train_notebook_run():
+    assert infer_variant(make_config('hmdb51', 'no_pps', episodes=10).to_dict()) == 'no_pps'
+    assert infer_variant(make_config('hmdb51', 'paper', distill_direction='g2l')) == 'dir_g2l'
+
+# --- published numbers and packaging
+
+def test_published_numbers_are_sourced():
+    pub = load_published()
+    assert len(pub) and pub.accuracy.between(0, 100).all() and pub.shot.isin([1, 5]).all()
+    assert (pub.source.str.len() > 10).all() and pub.read_from.str.startswith('http').all()
+    assert not pub.duplicated(['method', 'backbone', 'dataset', 'way', 'shot']).any()
+
+def test_published_file_errors_name_row(tmp_path):
+    f = tmp_path / 'p.csv'
+    f.write_text('method,backbone,dataset,way,shot,accuracy,source,read_from,note\nX,RN50,ucf,5,1,50,paper,http://x,\n')
+    with pytest.raises(ValueError, match=r"p.csv: data row 1 \(X, ucf\): unknown dataset 'ucf'"):
+        load_published(f)
+    f.write_text('method,dataset,way,shot,accuracy\nX,ucf101,5,1,50\n')
+    with pytest.raises(ValueError, match='missing column'):
+        load_published(f)
+    f.write_text('method,backbone,dataset,way,shot,accuracy,source,read_from,note\nX,RN50,ucf101,5,1,150,paper,http://x,\n')
+    with pytest.raises(ValueError, match='not a percentage'):
+        load_published(f)
+
+def test_wheel_ships_the_data_file(tmp_path):
+    r = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w', str(tmp_path), str(REPO)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (whl,) = tmp_path.glob('m2df-*.whl')
+    names = zipfile.ZipFile(whl).namelist()
+    assert 'm2df/data/published.csv' in names and 'm2df/artifacts.py' in names

@@ -1,0 +1,58 @@
+"Distributed data-parallel training under torchrun: two CPU processes (gloo) train a tiny run; rank 0 alone writes."
+import csv, json, os, subprocess, sys
+from pathlib import Path
+
+import torch
+
+from m2df.config import make_config
+from m2df.evaluate import weights_digest
+from m2df.model import M2DF
+from m2df.runs import load_checkpoint
+
+TINY = dict(frames=4, fusion_ffn=64, accumulation=2, episodes=8, val_every=8, val_episodes=2, test_episodes=2, device='cpu')
+
+
+def torchrun() -> list:
+    "The torchrun of this interpreter's environment (or its module form)."
+    exe = Path(sys.executable).with_name('torchrun')
+    return [str(exe)] if exe.exists() else [sys.executable, '-m', 'torch.distributed.run']
+
+
+def test_torchrun_two_ranks_on_cpu(tmp_path):
+    run = tmp_path / 'run'
+    cmd = [*torchrun(), '--standalone', '--nproc_per_node', '2', '-m', 'm2df.learner',
+           *[f'{k}={v}' for k, v in TINY.items()], f'run_dir={run}']
+    env = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1', PYTHONUNBUFFERED='1')
+    p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-4000:]
+
+    res = json.loads((run / 'result.json').read_text())
+    # accumulation 2 over 2 ranks: 1 episode per rank per step, 4 steps for 8 episodes
+    assert (res['world'], res['steps'], res['episodes']) == (2, 4, 8)
+    d = res['rank_episode_digests']
+    assert len(d) == 2 and d[0] != d[1], 'the two ranks drew identical episodes'
+    w = res['rank_weight_digests']
+    assert len(w) == 2 and w[0] == w[1], 'the ranks ended with different weights'
+    # the digest is the weights' digest: that of the final checkpoint, which differs from the initial weights
+    cfg = make_config('synthetic', **TINY)
+    torch.manual_seed(cfg.seed)
+    model = M2DF(cfg)
+    initial = weights_digest(model)
+    state = load_checkpoint(run / 'checkpoints' / 'last.pt', cfg)
+    assert (state['step'], state['world']) == (4, 2)
+    model.load_state_dict(state['model'])
+    assert weights_digest(model) == w[0] != initial
+
+    # rank 0 alone writes: one row per step, one validation, one environment record
+    with open(run / 'metrics.csv', newline='') as f: rows = list(csv.DictReader(f))
+    assert [int(r['step']) for r in rows] == [1, 2, 3, 4]
+    assert [int(r['episode']) for r in rows] == [2, 4, 6, 8]
+    queries = 2 * cfg.way * cfg.query                                   # both ranks' queries of a step
+    for r in rows:
+        acc = float(r['acc'])
+        assert 0 <= acc <= 100 and 0 <= float(r['running_acc']) <= 100
+        assert abs(acc * queries / 100 - round(acc * queries / 100)) < 1e-6, f'acc {acc} is not k/{queries}'
+    assert len((run / 'val.jsonl').read_text().splitlines()) == 1
+    assert sorted(f.name for f in run.iterdir() if f.is_file()) == \
+        ['config.json', 'env.json', 'metrics.csv', 'result.json', 'test.json', 'val.jsonl']
+    assert json.loads((run / 'test.json').read_text())['episodes'] == 2
