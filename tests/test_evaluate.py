@@ -13,18 +13,9 @@ from m2df.evaluate import FeatureCache, episodes_of, evaluate, feature_key, mean
 from m2df.learner import Learner
 from m2df.model import M2DF
 
-TINY = dict(frames=4, fusion_ffn=64, accumulation=2, episodes=8, val_every=4, val_episodes=4, test_episodes=4)
+from conftest import TINY, tiny
 
 
-def tiny(**kw): return make_config('synthetic', **{**TINY, **kw})
-
-
-@pytest.fixture(autouse=True, scope='module')
-def one_torch_thread():
-    "Tiny models on a shared 2-core machine: one torch thread (OpenMP spin-waits make two up to 10x slower under load)."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope='module')

@@ -15,18 +15,9 @@ from m2df.splits import BENCHMARKS
 from m2df.synthetic import synthetic_root
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = dict(frames=4, fusion_ffn=64, accumulation=2, episodes=8, val_every=4, val_episodes=4, test_episodes=4)
+from conftest import TINY, tiny
 
 
-def tiny(**kw): return make_config('synthetic', **{**TINY, **kw})
-
-
-@pytest.fixture(autouse=True, scope='module')
-def one_torch_thread():
-    "Tiny models on a shared 2-core machine: one torch thread (OpenMP spin-waits make two up to 10x slower under load)."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def cli(**kw): return [f'{k}={v}' for k, v in {**TINY, **kw}.items()]
