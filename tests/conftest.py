@@ -2,7 +2,7 @@
 import pytest, torch
 from m2df.config import make_config
 
-TINY = dict(frames=4, fusion_ffn=64, accumulation=2, episodes=8, val_every=4, val_episodes=4, test_episodes=4)
+TINY = dict(backbone='m2df-tiny-vit', frames=4, fusion_ffn=64, accumulation=2, episodes=8, val_every=4, val_episodes=4, test_episodes=4)
 
 
 def tiny(**kw):

@@ -9,7 +9,7 @@ from m2df.evaluate import weights_digest
 from m2df.model import M2DF
 from m2df.runs import load_checkpoint
 
-TINY = dict(frames=4, fusion_ffn=64, accumulation=2, episodes=8, val_every=8, val_episodes=2, test_episodes=2, device='cpu')
+TINY = dict(backbone='m2df-tiny-vit', frames=4, fusion_ffn=64, accumulation=2, episodes=8, val_every=8, val_episodes=2, test_episodes=2, device='cpu')
 
 
 def torchrun() -> list:
