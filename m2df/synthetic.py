@@ -24,7 +24,9 @@ __all__ = ['GENERATOR_VERSION', 'BG_CONTRAST', 'RADIUS', 'CENTRE', 'NUISANCE_V1'
            'is_complete', 'make_synthetic_benchmark', 'cache_base', 'synthetic_root']
 
 # %% ../nbs/03_synthetic.ipynb #6045d956
-GENERATOR_VERSION = 2     # bump when the rendering changes: cached benchmarks are then regenerated
+GENERATOR_VERSION = 3     # bump when the rendering or encoding changes: cached benchmarks are then regenerated
+# Version 3 encodes losslessly (see 'Writing the benchmark'): at constant rate factor 18 libx264 made slightly different
+# pixels each time it encoded the same clip, so two generations of the benchmark were not the same data.
 # Nuisance ranges (version 2). Version 1 drew backgrounds over the whole colour cube, radii of 0.09-0.14 S and path
 # centres in [0.3, 0.7] S; a tiny randomly initialised backbone then stayed at chance in hundreds of episodes (its frame
 # features barely moved over time, and the position jitter kept same-class trajectories from lining up: even a
@@ -329,7 +331,8 @@ def _write_class(args) -> int:
     d.mkdir(parents=True, exist_ok=True)
     for i in range(prm['videos_per_class']):
         p = sample_video_params(video_rng(prm['seed'], cls, i), prm['size'], prm['min_frames'], prm['max_frames'])
-        write_video(d / f'{video_id(cls, i)}.mp4', render_clip(cls, p), fps=prm['fps'], codec=prm['codec'])
+        write_video(d / f'{video_id(cls, i)}.mp4', render_clip(cls, p), fps=prm['fps'], codec=prm['codec'],
+                    crf=0)   # lossless: the same pixels every time (see above)
     return prm['videos_per_class']
 
 def _readme(prm:dict) -> str:
