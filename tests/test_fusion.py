@@ -120,6 +120,7 @@ def test_structure():
     assert blk.attn_drop.p == 0.2 and blk.ffn[2].p == 0.05 and blk.ffn[4].p == 0.05
     assert blk.ffn[0].out_features == 128 and isinstance(blk.ffn[1], torch.nn.GELU)
     assert isinstance(blk.ffn_norm, torch.nn.Identity)          # default: the authors' block, x = ff(x) + x
+    assert isinstance(FusionBlock(32, 8, 64, 0., 0.).ffn_norm, torch.nn.Identity)
     normed = FusionBlock(32, 8, 64, 0., 0., ffn_norm=True)
     assert isinstance(normed.ffn_norm, torch.nn.LayerNorm) and normed.ffn_norm is not normed.norm
     assert not any('pos' in n for n, _ in MultiModalFusionEncoder(32).named_parameters())

@@ -8,7 +8,8 @@ The fixtures `tests/fixtures/parity_*.npz` are numbers computed by the authors' 
   initialisation at seed 0, LayerNorm weights and biases perturbed so that they are not 1 and 0, the video-text scale 1).
 - `parity_<case>.npz`, one per case: the inputs (support and query frame features, the texts of the split's C = 12
   classes, the episode's split-level class indices, episode labels, the PPS draw of every query), the case's switches
-  (T, condition, direction, λ, λ_vt), and the authors' outputs: `dis_logits`, the two views' OTAM distances, the PPS
+  (T, condition, direction, λ, λ_vt), and the authors' outputs: `dis_logits`, the two views' OTAM distances, their
+  text comparisons (`sim_up`, `sim_down`), the PPS scores (mean of the top-4 `cos_sim` of their frame filter) and
   probabilities, the video-text logits, the loss of their `train_task` (λ_vt · video-text + CE + λ · distillation, with
   `tasks_per_batch` = 1) and its parts, the gradients with respect to the frame features, and for every parameter the
   sum, the norm and 16 entries (at `numpy.linspace(0, numel - 1, 16)` of the flattened gradient) of its gradient.
@@ -29,16 +30,19 @@ To regenerate them: take `models/base/few_shot_clip_two_trans.py`, `models/base/
    → `tcn.network.i.conv1/2` (`original0/1` → `weight_g/v`), `fusion.local` → `context2` and `fusion.global` →
    `context_local` (`blocks.0.norm`, `to_q/k/v`, `to_out`, `ffn.0/3` → `layers.0.0.norm`, `layers.0.0.fn.to_q/k/v`,
    `layers.0.0.fn.to_out.0`, `layers.0.1.net.0/3`), `vt_head.scale` → `scale`);
-3. replace `random.choices` by a function that records the weights it is given (π) and returns the case's draw;
+3. replace `random.choices` by a function that records the weights it is given (π) and returns the case's draw, and
+   record the results of `cos_sim` (the 4th and 5th calls are the text comparisons) and of `otam_distance`;
 4. call the model on `support_set` = the support features flattened to (N·K·T)×D, `target_set` likewise,
    `support_labels`, `real_support_labels` = the split-level labels; compute the loss as their `train_task` does
    (`utils.loss` on `class_logits` against the split-level labels of support and queries, and on `dis_logits`), call
    `backward`, and store the numbers above.
 """
+import functools
 from pathlib import Path
 import numpy as np, pytest, torch, torch.nn as nn
 from m2df.config import make_config
 from m2df.model import M2DF, m2df_loss
+from m2df.pps import pps_scores
 
 FIX = Path(__file__).parent / 'fixtures'
 CASES = ('T8_tv_both', 'T6_t_g2l', 'T8_none_both', 'T12_v_l2g')
@@ -87,9 +91,16 @@ def run_case(case, **overrides):
     class_text = split_text[class_ids]
     out = model.forward_features(fs, fq, ys, class_text)
     loss, parts = m2df_loss(out, yq, cfg, support_labels=ys, class_text=class_text, split_text=split_text, class_ids=class_ids)
+    out['model'] = model
     loss.backward()
     grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)) for n, p in head.items() if p is not None}
     return fx, out, loss, parts, dict(support=fs.grad, query=fq.grad, **grads)
+
+
+@functools.lru_cache(maxsize=None)
+def reference_run(case):
+    "`run_case` under the plain `reference` preset, once per case for all the tests."
+    return run_case(case)
 
 
 def close_sketch(g, want, what):
@@ -110,10 +121,15 @@ def close_sketch(g, want, what):
 
 @pytest.mark.parametrize('case', CASES)
 def test_forward_matches_authors(case):
-    fx, out, loss, parts, _ = run_case(case)
+    fx, out, loss, parts, _ = reference_run(case)
+    model_pps, class_text = out['model'].pps, torch.from_numpy(fx['split_text'][fx['class_ids']])
+    close(pps_scores(torch.from_numpy(fx['query']), class_text, model_pps.topk, model_pps.eps), fx['pps_scores'],
+          'PPS scores (π is saturated at τ = 200)')
     close(out['pps_probs'], fx['pps_probs'], 'PPS probabilities')
     close(out['dist']['local'], fx['dist_local'], 'OTAM distances, local view (their "up")')
     close(out['dist']['global'], fx['dist_global'], 'OTAM distances, global view (their "down")')
+    close(out['text']['local'], fx['text_local'], 'text comparison, local view')
+    close(out['text']['global'], fx['text_global'], 'text comparison, global view')
     close(out['logits'], fx['logits'], 'logits')
     close(parts['ce'], fx['ce'], 'CE')
     close(out['distill_loss'], fx['distill'], 'distillation loss')
@@ -124,7 +140,7 @@ def test_forward_matches_authors(case):
 
 @pytest.mark.parametrize('case', CASES)
 def test_gradients_match_authors(case):
-    fx, _, _, _, grads = run_case(case)
+    fx, _, _, _, grads = reference_run(case)
     close(grads['support'], fx['grad_support'], 'gradient w.r.t. the support frame features', rel=True)
     close(grads['query'], fx['grad_query'], 'gradient w.r.t. the query frame features', rel=True)
     for name, g in grads.items():
@@ -134,7 +150,7 @@ def test_gradients_match_authors(case):
 
 def test_cases_exercise_every_branch():
     "The fixtures cover both directions of the distillation, T ≠ 8, and the video-text head."
-    fx, out, *_ = run_case('T8_tv_both')
+    fx, out, *_ = reference_run('T8_tv_both')
     info = out['distill_info']
     assert info['n_l2g'] > 0 and info['n_g2l'] > 0, info
     assert {int(np.load(FIX / f'parity_{c}.npz')['T']) for c in CASES} >= {6, 8, 12}
