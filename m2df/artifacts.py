@@ -119,7 +119,7 @@ def data_root_for(dataset: str, data_root) -> Optional[str]:
     return data_root
 
 # %% ../nbs/15_artifacts.ipynb #1efe0be5
-RESULT_NEUTRAL_FIELDS = ('device', 'num_workers', 'data_root', 'splits_dir')
+RESULT_NEUTRAL_FIELDS = ('device', 'num_workers', 'data_root', 'splits_dir', 'ssv2_labels', 'check_workers')
 
 def config_key(cfg: M2DFConfig) -> str:
     "Digest of the fields of `cfg` that can change a result."
@@ -242,7 +242,7 @@ def run_grid(configs: Sequence[M2DFConfig], root=None, rerun: bool = False, trai
     return collect_runs(dirs)
 
 # %% ../nbs/15_artifacts.ipynb #1b151fb8
-EPISODE_KEYS = ('dataset', 'way', 'shot', 'eval_query', 'eval_seed', 'test_episodes', 'splits_dir')  # same keys: same episodes
+EPISODE_KEYS = ('dataset', 'way', 'shot', 'eval_query', 'eval_seed', 'test_episodes', 'drop_missing', 'splits_dir')  # same keys: same episodes
 RUN_COLUMNS = ('variant', 'label', 'group', *EPISODE_KEYS[:-1], 'splits_dir', 'episodes', 'val_episodes', 'seed', 'lam', 'backbone',
                'pretrained', 'accuracy', 'ci95', 'episode_accuracy', 'per_class', 'selected_on', 'git_commit', 'run_dir')
 
@@ -258,7 +258,8 @@ def load_run(run_dir) -> dict:
     v = VARIANTS.get(name)
     return dict(variant=name, label=v.label if v else 'custom', group=v.group if v else 'custom',
                 dataset=cfg['dataset'], way=test['way'], shot=test['shot'], eval_query=test['query'], eval_seed=test['seed'],
-                test_episodes=test['episodes'], splits_dir=cfg.get('splits_dir') or '', episodes=cfg['episodes'],
+                test_episodes=test['episodes'], drop_missing=cfg.get('drop_missing', False), splits_dir=cfg.get('splits_dir') or '',
+                episodes=cfg['episodes'],
                 val_episodes=cfg['val_episodes'], seed=cfg['seed'], lam=cfg['lam'], backbone=cfg['backbone'],
                 pretrained=cfg['pretrained'], accuracy=test['accuracy'], ci95=test['ci95'],
                 episode_accuracy=np.asarray(test['episode_accuracy'], dtype=float), per_class=test.get('per_class', {}),

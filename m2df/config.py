@@ -23,8 +23,8 @@ MATCHINGS = ('otam', 'mean_cos')
 # %% ../nbs/00_config.ipynb #12364d60
 @dataclass
 class M2DFConfig:
-    "Every switch of CLIP-M²DF (DESIGN §2), of its data (§3) and of its training protocol (§4)."
-    # --- data (DESIGN §3)
+    "Every switch of CLIP-M²DF, of its data and of its training protocol."
+    # --- data
     dataset: str = 'synthetic'            # benchmark: synthetic, ucf101, hmdb51, kinetics100, ssv2_small, ssv2_full
     data_root: Optional[str] = None       # folder of class folders of videos; synthetic: generated into a cache if None
     splits_dir: Optional[str] = None      # folder holding train/val/test lists; None: the package's checksummed cache

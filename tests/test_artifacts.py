@@ -131,9 +131,10 @@ def test_driver_refuses_an_unknown_parameter(tmp_path, name, monkeypatch):
     "papermill only warns about a name the notebook does not declare; the driver itself stops, naming it."
     import papermill as pm
     monkeypatch.setenv('OMP_NUM_THREADS', '1')
-    with pytest.raises(pm.PapermillExecutionError) as e:
+    bad = dict(epsiodes=3, dataset='ucf101', data_root=str(tmp_path / 'none'), checkpoint=str(tmp_path / 'none.pt'))
+    with pytest.raises(pm.PapermillExecutionError) as e:   # without the check, these fail fast too, but otherwise
         pm.execute_notebook(str(REPO / 'nbs' / f'{name}.ipynb'), str(tmp_path / 'out.ipynb'), cwd=str(tmp_path),
-                            parameters=dict(epsiodes=3), progress_bar=False)
+                            parameters=bad, progress_bar=False)
     assert e.value.ename == 'ValueError'
     assert f"{name}.ipynb: unknown parameter 'epsiodes' (did you mean 'episodes'?)" in e.value.evalue
     assert not list(tmp_path.rglob('*.pt'))
