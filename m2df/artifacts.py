@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_artifacts.ipynb #c448ca7b
 from __future__ import annotations
-import json, math, shutil, warnings
+import dataclasses, json, math, shutil, warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,15 +19,15 @@ from .evaluate import mean_ci95, paired_difference
 
 # %% auto #0
 __all__ = ['VARIANTS', 'ABLATION_GROUPS', 'REFERENCE_ROW', 'VARIANT_FIELDS', 'CPU_BUDGET', 'QUICK_VARIANTS',
-           'RESULT_NEUTRAL_FIELDS', 'TRAIN_NOTEBOOK_NAMES', 'EPISODE_KEYS', 'RUN_COLUMNS', 'PUBLISHED_COLUMNS',
-           'REPRESENTATIONS', 'repo_root', 'default_runs_dir', 'default_figures_dir', 'Variant', 'infer_variant',
-           'budget_overrides', 'as_list', 'data_root_for', 'config_key', 'run_path', 'config_differences',
-           'train_notebook_parameters', 'notebook_parameters', 'ensure_run', 'grid_configs', 'run_grid', 'load_run',
-           'collect_runs', 'find_runs', 'paired_to_reference', 'load_published', 'markdown_table', 'fmt_acc',
-           'column_name', 'main_tables', 'main_results_markdown', 'ablation_frame', 'ablation_markdown',
-           'describe_runs', 'save_figure', 'chance', 'plot_main', 'plot_ablation', 'plot_lambda', 'load_run_model',
-           'video_vectors', 'episode_embeddings', 'tsne_coordinates', 'plot_tsne', 'query_counts', 'per_class_frame',
-           'plot_per_class']
+           'RESULT_NEUTRAL_FIELDS', 'CONFIG_FIELDS', 'EPISODE_KEYS', 'RUN_COLUMNS', 'PUBLISHED_COLUMNS',
+           'REPRESENTATIONS', 'repo_root', 'default_runs_dir', 'default_figures_dir', 'config_with', 'Variant',
+           'infer_variant', 'budget_overrides', 'as_list', 'data_root_for', 'config_key', 'run_path',
+           'config_differences', 'notebook_overrides', 'train_notebook_parameters', 'notebook_parameters', 'ensure_run',
+           'grid_configs', 'run_grid', 'load_run', 'collect_runs', 'find_runs', 'paired_to_reference', 'load_published',
+           'markdown_table', 'fmt_acc', 'column_name', 'main_tables', 'main_results_markdown', 'ablation_frame',
+           'ablation_markdown', 'describe_runs', 'save_figure', 'chance', 'plot_main', 'plot_ablation', 'plot_lambda',
+           'load_run_model', 'video_vectors', 'episode_embeddings', 'tsne_coordinates', 'plot_tsne', 'query_counts',
+           'per_class_frame', 'plot_per_class']
 
 # %% ../nbs/15_artifacts.ipynb #2ba152f8
 def repo_root(start=None) -> Path:
@@ -44,6 +44,13 @@ def default_figures_dir(start=None) -> Path:
     return repo_root(start) / 'figures'
 
 # %% ../nbs/15_artifacts.ipynb #024ec37a
+def config_with(dataset: str, preset: str, overrides: dict) -> M2DFConfig:
+    "`make_config(dataset, preset)` with `overrides` set as given: a None sets the field to None (random weights, ...)."
+    given = {k: v for k, v in overrides.items() if v is not None}
+    cfg = make_config(dataset, preset, **given)
+    nones = {k: None for k, v in overrides.items() if v is None}
+    return cfg.replace(**nones) if nones else cfg
+
 @dataclass(frozen=True)
 class Variant:
     "One method variant: a method preset of `m2df.config` plus overrides, with its display label and ablation group."
@@ -54,8 +61,8 @@ class Variant:
     group: str = ''          # ablation table: model, baseline, PPS, views, distillation, direction, preset
 
     def config(self, dataset: str, **overrides) -> M2DFConfig:
-        "This variant's config on `dataset`, with `overrides` (None values ignored) on top."
-        return make_config(dataset, self.preset, **{**self.overrides, **overrides})
+        "This variant's config on `dataset`, with `overrides` on top (a None sets the field to None)."
+        return config_with(dataset, self.preset, {**self.overrides, **overrides})
 
 VARIANTS = {v.name: v for v in [
     Variant('full', 'paper', label='CLIP-M²DF (full)', group='model'),
@@ -94,8 +101,8 @@ CPU_BUDGET = {'synthetic': dict(episodes=40,        # training episodes per run 
                                 test_episodes=100)} # fixed test episodes, the same for every method
 
 def budget_overrides(dataset: str, **given) -> dict:
-    "Config overrides for an artifact run on `dataset`: `given` values (None ignored) over the CPU budget, if any."
-    return {**CPU_BUDGET.get(dataset, {}), **{k: v for k, v in given.items() if v is not None}}
+    "Config overrides for an artifact run on `dataset`: the `given` values over the CPU budget, if any."
+    return {**CPU_BUDGET.get(dataset, {}), **given}
 
 QUICK_VARIANTS = ('full', 'clipfsar', 'no_pps', 'no_distill')   # the grid of the CPU budget; every variant otherwise
 
@@ -112,7 +119,7 @@ def data_root_for(dataset: str, data_root) -> Optional[str]:
     return data_root
 
 # %% ../nbs/15_artifacts.ipynb #1efe0be5
-RESULT_NEUTRAL_FIELDS = ('device', 'num_workers', 'data_root', 'splits_dir')
+RESULT_NEUTRAL_FIELDS = ('device', 'num_workers', 'data_root', 'splits_dir', 'ssv2_labels', 'check_workers')
 
 def config_key(cfg: M2DFConfig) -> str:
     "Digest of the fields of `cfg` that can change a result."
@@ -128,23 +135,34 @@ def config_differences(saved: dict, cfg: M2DFConfig) -> dict:
     now = cfg.to_dict()
     return {k: (saved.get(k), v) for k, v in now.items() if k not in RESULT_NEUTRAL_FIELDS and saved.get(k) != v}
 
-# %% ../nbs/15_artifacts.ipynb #1e582f31
-TRAIN_NOTEBOOK_NAMES = {'test_episodes': 'eval_episodes'}   # config field -> parameter name of nbs/train.ipynb
+# %% ../nbs/15_artifacts.ipynb #25d18395
+CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(M2DFConfig))
 
+def notebook_overrides(namespace: dict,           # the notebook's globals() after the injected parameters
+                       before: Iterable[str],     # the names it had before its parameters cell
+                       own: Sequence[str],        # the notebook's own parameters (not config fields)
+                       notebook: str,             # its name, for the error
+                       refused: Optional[dict] = None) -> dict:  # config field -> why this notebook sets it itself
+    "The config fields a driver notebook was given, {field: value}; a ValueError naming any other new name."
+    import difflib
+    before, own, refused = set(before), set(own), refused or {}
+    new = [k for k in namespace if k not in before and not k.startswith('_')]
+    for k in new:
+        if k in own or k in CONFIG_FIELDS: continue
+        near = difflib.get_close_matches(k, [*CONFIG_FIELDS, *own], n=1)
+        raise ValueError(f"{notebook}: unknown parameter {k!r}" + (f" (did you mean {near[0]!r}?)" if near else '') +
+                         f"; parameters are the fields of m2df.config.M2DFConfig and this notebook's own: {', '.join(sorted(own))}")
+    over = {k: namespace[k] for k in new if k in CONFIG_FIELDS}
+    for k in over:
+        if k in refused: raise ValueError(f'{notebook}: parameter {k!r} is not taken here: {refused[k]}')
+    return over
+
+# %% ../nbs/15_artifacts.ipynb #1e582f31
 def train_notebook_parameters(cfg: M2DFConfig,
-                              preset: str,                 # the method preset the notebook starts from
-                              available: Iterable[str]) -> dict:  # parameter names of the train notebook
-    "Papermill parameters of the train notebook that rebuild `cfg` from `make_config(cfg.dataset, preset)`."
-    base, now, available = make_config(cfg.dataset, preset).to_dict(), cfg.to_dict(), set(available)
-    params = dict(dataset=cfg.dataset, preset=preset)
-    for k, v in now.items():
-        if v == base[k] or k == 'dataset': continue
-        name = TRAIN_NOTEBOOK_NAMES.get(k, k)
-        if name not in available:
-            raise ValueError(f'the train notebook has no parameter for config field {k!r} (= {v!r}); '
-                             f"run this configuration with driver='package'")
-        params[name] = v
-    return params
+                              preset: str) -> dict:   # the method preset the notebook starts from
+    "Papermill parameters of the train notebook that rebuild `cfg` from `make_config(cfg.dataset, preset)`: the changed fields."
+    base, now = make_config(cfg.dataset, preset).to_dict(), cfg.to_dict()
+    return dict(dataset=cfg.dataset, preset=preset, **{k: v for k, v in now.items() if k != 'dataset' and v != base[k]})
 
 def notebook_parameters(path) -> list:
     "Names assigned in the cell tagged `parameters` of the notebook at `path` (read with `ast`, so `a = 1; b = 2` counts)."
@@ -163,8 +181,7 @@ def _run_train_notebook(cfg: M2DFConfig, run_dir: Path, notebook):
     import papermill as pm
     notebook = Path(notebook) if notebook else repo_root() / 'nbs' / 'train.ipynb'
     if not notebook.is_file(): raise FileNotFoundError(f"driver='papermill' needs the train notebook; {notebook} does not exist")
-    params = train_notebook_parameters(cfg, VARIANTS[infer_variant(cfg)].preset if infer_variant(cfg) != 'custom' else 'paper',
-                                       notebook_parameters(notebook))
+    params = train_notebook_parameters(cfg, VARIANTS[infer_variant(cfg)].preset if infer_variant(cfg) != 'custom' else 'paper')
     params['run_dir'] = str(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     pm.execute_notebook(str(notebook), str(run_dir / 'train.ipynb'), parameters=params, progress_bar=False, cwd=str(notebook.parent))
@@ -225,7 +242,7 @@ def run_grid(configs: Sequence[M2DFConfig], root=None, rerun: bool = False, trai
     return collect_runs(dirs)
 
 # %% ../nbs/15_artifacts.ipynb #1b151fb8
-EPISODE_KEYS = ('dataset', 'way', 'shot', 'eval_query', 'eval_seed', 'test_episodes', 'splits_dir')  # same keys: same episodes
+EPISODE_KEYS = ('dataset', 'way', 'shot', 'eval_query', 'eval_seed', 'test_episodes', 'drop_missing', 'splits_dir')  # same keys: same episodes
 RUN_COLUMNS = ('variant', 'label', 'group', *EPISODE_KEYS[:-1], 'splits_dir', 'episodes', 'val_episodes', 'seed', 'lam', 'backbone',
                'pretrained', 'accuracy', 'ci95', 'episode_accuracy', 'per_class', 'selected_on', 'git_commit', 'run_dir')
 
@@ -241,7 +258,8 @@ def load_run(run_dir) -> dict:
     v = VARIANTS.get(name)
     return dict(variant=name, label=v.label if v else 'custom', group=v.group if v else 'custom',
                 dataset=cfg['dataset'], way=test['way'], shot=test['shot'], eval_query=test['query'], eval_seed=test['seed'],
-                test_episodes=test['episodes'], splits_dir=cfg.get('splits_dir') or '', episodes=cfg['episodes'],
+                test_episodes=test['episodes'], drop_missing=cfg.get('drop_missing', False), splits_dir=cfg.get('splits_dir') or '',
+                episodes=cfg['episodes'],
                 val_episodes=cfg['val_episodes'], seed=cfg['seed'], lam=cfg['lam'], backbone=cfg['backbone'],
                 pretrained=cfg['pretrained'], accuracy=test['accuracy'], ci95=test['ci95'],
                 episode_accuracy=np.asarray(test['episode_accuracy'], dtype=float), per_class=test.get('per_class', {}),

@@ -41,6 +41,9 @@ class M2DFConfig:
     query: int = 5                        # Q query videos per class in training
     eval_query: int = 1                   # Q query videos per class in evaluation
     num_workers: int = 0                  # DataLoader worker processes
+    ssv2_labels: Optional[str] = None     # ssv2_full: something-something-v2-labels.json; None: looked for beside data_root
+    drop_missing: bool = False            # leave out videos the data check finds missing or broken (listed in the run)
+    check_workers: int = 0                # processes of the data check (m2df.datacheck); 0: every core
     # --- encoders
     backbone: str = 'RN50'                # any open_clip model name (RN50 and ViT-B-16 reproduce the paper)
     pretrained: Optional[str] = 'openai'  # open_clip pretrained tag, a local checkpoint path, or None (random init)
@@ -134,6 +137,7 @@ class M2DFConfig:
         need(self.way >= 2, 'way', 'an episode needs at least 2 classes')
         need(self.resize >= self.crop, 'resize', f'must be at least crop ({self.crop})')
         need(self.num_workers >= 0, 'num_workers', 'must be >= 0')
+        need(self.check_workers >= 0, 'check_workers', 'must be >= 0 (0: every core)')
         need(self.save_every >= 0, 'save_every', 'must be >= 0')
         need(self.device == 'auto' or self.device == 'cpu' or self.device.startswith('cuda'), 'device', "use auto, cpu, cuda or cuda:N")
         need(self.lr > 0, 'lr', 'must be positive')

@@ -16,8 +16,8 @@ from .splits import BENCHMARKS, Split, VideoRecord, load_split
 from .video import ClipTransform, VideoError, load_clip, resolve_video
 
 # %% auto #0
-__all__ = ['benchmark_data_root', 'benchmark_split', 'clip_transform', 'EpisodeSpec', 'EpisodeSampler', 'EpisodeDataset',
-           'episode_loader', 'VideoClipDataset']
+__all__ = ['benchmark_data_root', 'benchmark_split', 'clip_transform', 'ssv2_labels_file', 'EpisodeSpec', 'EpisodeSampler',
+           'EpisodeDataset', 'episode_loader', 'VideoClipDataset']
 
 # %% ../nbs/04_episodes.ipynb #ed7962ee
 def benchmark_data_root(cfg: M2DFConfig) -> Path:
@@ -34,18 +34,44 @@ def benchmark_data_root(cfg: M2DFConfig) -> Path:
             f"Download the videos from {info.videos_url} and pass data_root=<that folder> (papermill: -p data_root <folder>).")
     return Path(cfg.data_root)
 
-def benchmark_split(cfg: M2DFConfig, name: str) -> Split:
+def benchmark_split(cfg: M2DFConfig, name: str,
+                    drop: bool = True) -> Split:  # honour cfg.drop_missing (leave out what the data check rejects)
     "The `name` split (train, val or test) of `cfg.dataset`, from `cfg.splits_dir` or the package's cache."
     if cfg.dataset == 'synthetic' and cfg.splits_dir is None:
         from m2df.synthetic import synthetic_root
-        return load_split('synthetic', name, splits_dir=synthetic_root() / 'splits')
-    labels = Path(cfg.data_root) / 'something-something-v2-labels.json' if cfg.dataset == 'ssv2_full' and cfg.data_root else None
-    return load_split(cfg.dataset, name, splits_dir=cfg.splits_dir, labels_json=labels)
+        sp = load_split('synthetic', name, splits_dir=synthetic_root() / 'splits')
+    else:
+        labels = ssv2_labels_file(cfg) if cfg.dataset == 'ssv2_full' else None
+        sp = load_split(cfg.dataset, name, splits_dir=cfg.splits_dir, labels_json=labels)
+    if drop and cfg.drop_missing:
+        from m2df.datacheck import drop_unusable
+        sp = drop_unusable(cfg, sp)
+    return sp
 
 def clip_transform(cfg: M2DFConfig, train: bool) -> ClipTransform:
     "The spatial transform for `cfg` (flip follows the benchmark unless `cfg.flip` says otherwise)."
     flip = BENCHMARKS[cfg.dataset].flip if cfg.flip is None else cfg.flip
     return ClipTransform(train=train, resize=cfg.resize, crop=cfg.crop, flip=flip, normalize=cfg.normalize)
+
+# %% ../nbs/04_episodes.ipynb #7942c2f5
+def ssv2_labels_file(cfg: M2DFConfig) -> Path:
+    "The SSv2 labels file of an ssv2_full config: `cfg.ssv2_labels`, else the first standard place that holds it."
+    from m2df.splits import SSV2_LABELS
+    what = (f"ssv2_full class folders are numeric Something-Something v2 label ids; the class names come from {SSV2_LABELS}, "
+            f"a JSON object {{\"<action template>\": \"<id>\", ...}} (174 templates, ids 0-173) in the SSv2 annotations "
+            f"download ({BENCHMARKS['ssv2_full'].videos_url}, the 'labels' archive)")
+    how = 'pass its path as ssv2_labels=<file> (papermill: -p ssv2_labels <file>; command line: ssv2_labels=<file>)'
+    if cfg.ssv2_labels is not None:
+        p = Path(cfg.ssv2_labels).expanduser()
+        if not p.is_file(): raise FileNotFoundError(f'ssv2_labels={cfg.ssv2_labels!r} is not a file. {what}; {how}.')
+        return p
+    root = Path(cfg.data_root).expanduser() if cfg.data_root else None
+    places = [] if root is None else [root / SSV2_LABELS, root / 'labels' / SSV2_LABELS, root.parent / SSV2_LABELS,
+                                      root.parent / 'labels' / SSV2_LABELS]
+    if cfg.splits_dir: places += [Path(cfg.splits_dir).expanduser() / 'ssv2_full' / SSV2_LABELS, Path(cfg.splits_dir).expanduser() / SSV2_LABELS]
+    for p in places:
+        if p.is_file(): return p
+    raise FileNotFoundError(f"{what}. It is not in any of {[str(p) for p in places]}: {how}, or put it in the data root.")
 
 # %% ../nbs/04_episodes.ipynb #ced8d87b
 @dataclass

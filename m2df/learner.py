@@ -73,7 +73,9 @@ class Learner:
                  model: Optional[M2DF] = None):
         self.cfg, self.run, self.progress = cfg, RunDir(run_dir), progress
         from m2df.episodes import benchmark_data_root
+        from m2df.datacheck import check_before_training, read_split_lists
         benchmark_data_root(cfg)            # missing videos: stop now, saying where to get them
+        read_split_lists(cfg)               # a bad or missing split list or labels file: stop before the weights load
         self.rank, self.world, self.local_rank = distributed_env()
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group('nccl' if torch.cuda.is_available() and cfg.device != 'cpu' else 'gloo')
@@ -95,6 +97,7 @@ class Learner:
         self.total_steps = math.ceil(cfg.episodes / self.per_step)
         self.step, self.best, self.history = 0, -1.0, []
         self.cache = FeatureCache(Path(run_dir) / 'features')
+        self.data_report = check_before_training(cfg, run_dir, progress)   # every video found and opened (or cached result)
         self.split = benchmark_split(cfg, 'train')
         self.episode_digest = hashlib.sha256()
         if resume and self.run.last.exists(): self.load(self.run.last)
@@ -271,8 +274,10 @@ def cli_config(args) -> tuple:
 
 def main(argv=None):
     "Entry point of `python -m m2df.learner` and `torchrun -m m2df.learner`."
-    cfg, run_dir = cli_config(sys.argv[1:] if argv is None else argv)
-    res = Learner(cfg, run_dir, progress=False).fit()
+    args = list(sys.argv[1:] if argv is None else argv)
+    progress = parse_overrides([a for a in args if a.startswith('progress=')]).get('progress', True)   # progress=false: quiet
+    cfg, run_dir = cli_config([a for a in args if not a.startswith('progress=')])
+    res = Learner(cfg, run_dir, progress=progress).fit()
     if res.get('test'): print(json.dumps(res['test']))
     if dist.is_initialized(): dist.destroy_process_group()
     return res

@@ -10,7 +10,8 @@ import torch
 import m2df.artifacts as art
 from m2df.artifacts import (VARIANTS, CPU_BUDGET, ensure_run, run_path, run_grid, collect_runs, load_run, find_runs,
                             paired_to_reference, load_published, train_notebook_parameters, notebook_parameters,
-                            ablation_frame, main_tables, load_run_model, episode_embeddings, budget_overrides, infer_variant)
+                            ablation_frame, main_tables, load_run_model, episode_embeddings, budget_overrides, infer_variant,
+                            config_with, CONFIG_FIELDS)
 from m2df.config import make_config
 from m2df.evaluate import mean_ci95, evaluate
 
@@ -107,19 +108,36 @@ def test_episode_embeddings_of_a_trained_run(trained):
 
 # --- the papermill driver
 
-def test_train_notebook_takes_every_variant():
-    "Every variant's config, with the CPU budget, maps onto parameters of nbs/train.ipynb (ablation switches included)."
-    names = notebook_parameters(TRAIN_NB)
-    assert {'dataset', 'preset', 'lam', 'distill_condition', 'distill_direction', 'eval_episodes', 'run_dir'} <= set(names)
-    for v in VARIANTS.values():
-        cfg = v.config('synthetic', **budget_overrides('synthetic', lam=0.5))
-        p = train_notebook_parameters(cfg, v.preset, names)
-        assert make_config(p.pop('dataset'), p.pop('preset'), **{('test_episodes' if k == 'eval_episodes' else k): x
-                                                                 for k, x in p.items()}) == cfg
+DRIVERS = ('train', 'evaluate', 'tables', 'tsne', 'lambda_sweep')
 
-def test_train_notebook_parameters_refuses_unknown_field():
-    with pytest.raises(ValueError, match="'gtce_kernel'"):
-        train_notebook_parameters(make_config('synthetic', gtce_kernel=5), 'paper', notebook_parameters(TRAIN_NB))
+def test_train_notebook_takes_every_variant():
+    "Every variant's config maps onto parameters of nbs/train.ipynb: its changed config fields, under their own names."
+    assert set(notebook_parameters(TRAIN_NB)) == {'dataset', 'preset', 'run_dir'}   # config fields are not declared
+    for v in VARIANTS.values():
+        cfg = v.config('synthetic', **budget_overrides('synthetic', lam=0.5, gtce_kernel=5, flip=True))
+        p = train_notebook_parameters(cfg, v.preset)
+        assert config_with(p.pop('dataset'), p.pop('preset'), p) == cfg
+
+@pytest.mark.parametrize('name', DRIVERS)
+def test_driver_declares_only_its_own_parameters(name):
+    "A driver's parameters cell declares no config field other than dataset/shot (a declared default could not be told from a given value)."
+    own = set(notebook_parameters(REPO / 'nbs' / f'{name}.ipynb'))
+    assert not own & (set(CONFIG_FIELDS) - {'dataset', 'shot'}), own & set(CONFIG_FIELDS)
+    src = (REPO / 'nbs' / f'{name}.ipynb').read_text()
+    assert '_before = set(globals())' in src and 'notebook_overrides(globals(), _before' in src
+
+@pytest.mark.parametrize('name', DRIVERS)
+def test_driver_refuses_an_unknown_parameter(tmp_path, name, monkeypatch):
+    "papermill only warns about a name the notebook does not declare; the driver itself stops, naming it."
+    import papermill as pm
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    bad = dict(epsiodes=3, dataset='ucf101', data_root=str(tmp_path / 'none'), checkpoint=str(tmp_path / 'none.pt'))
+    with pytest.raises(pm.PapermillExecutionError) as e:   # without the check, these fail fast too, but otherwise
+        pm.execute_notebook(str(REPO / 'nbs' / f'{name}.ipynb'), str(tmp_path / 'out.ipynb'), cwd=str(tmp_path),
+                            parameters=bad, progress_bar=False)
+    assert e.value.ename == 'ValueError'
+    assert f"{name}.ipynb: unknown parameter 'epsiodes' (did you mean 'episodes'?)" in e.value.evalue
+    assert not list(tmp_path.rglob('*.pt'))
 
 def test_papermill_driver(tmp_path):
     cfg = make_config('synthetic', lam=0.5, frames=4, accumulation=2, episodes=2, val_every=2, val_episodes=4, test_episodes=6)

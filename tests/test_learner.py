@@ -163,7 +163,7 @@ def test_cuda_asked_for_without_cuda(tmp_path, monkeypatch):
 
 
 def test_missing_pretrained_weights_fail_fast_offline(tmp_path, monkeypatch):
-    videos = str(synthetic_root() / 'videos')                         # located before HOME moves below
+    videos, lists = str(synthetic_root() / 'videos'), str(synthetic_root() / 'splits')   # located before HOME moves below
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path / 'hf'))   # an empty weights cache
@@ -173,7 +173,7 @@ def test_missing_pretrained_weights_fail_fast_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(socket.socket, 'connect', no_network)
     t = time.perf_counter()
     with pytest.raises(PretrainedWeightsMissing) as e:
-        Learner(tiny(backbone='RN50', pretrained='openai', data_root=videos), tmp_path / 'run', progress=False)
+        Learner(tiny(backbone='RN50', pretrained='openai', data_root=videos, splits_dir=lists), tmp_path / 'run', progress=False)
     assert time.perf_counter() - t < 15, 'the missing weights should stop the run before anything heavy'
     msg = str(e.value)
     for part in ("'RN50'", "'openai'", str(tmp_path / 'hf'), 'M2DF_DOWNLOAD=1', "pretrained='<path", 'no network'):
