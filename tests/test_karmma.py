@@ -1,4 +1,4 @@
-"Tests of m2df.karmma and m2df.karmma_train: token reduction, missing modalities, modality dropout, losses, protocols, checkpoints."
+"Tests of m2df.karmma.model and m2df.karmma.train: token reduction, missing modalities, modality dropout, losses, protocols, checkpoints."
 import functools, math, os, tempfile
 from pathlib import Path
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from m2df.karmma import (KarmmaConfig, KarmmaModel, ModalityFusion, SwinTokens, adapt_stem, drop_modalities, info_nce,
+from m2df.karmma.model import (KarmmaConfig, KarmmaModel, ModalityFusion, SwinTokens, adapt_stem, drop_modalities, info_nce,
                          karmma_loss, kd_kl, make_karmma_config, swin_state_dict, theta_average)
-from m2df.karmma_train import (CachedClips, KarmmaTrainer, TokenCache, evaluate_protocols, fixed_drops, karmma_lr,
+from m2df.karmma.train import (CachedClips, KarmmaTrainer, TokenCache, evaluate_protocols, fixed_drops, karmma_lr,
                                load_karmma_checkpoint, modality_subsets)
 
 MODS = ('rgb', 'flow', 'audio')
@@ -400,7 +400,7 @@ def test_checkpoint_refuses_another_network(tmp_path):
 
 
 def test_token_cache_uses_a_feature_store(tmp_path):
-    from m2df.karmma_data import FeatureStore
+    from m2df.karmma.data import FeatureStore
     cfg = tiny('teacher')
     model = KarmmaModel(cfg)
     b = batch(n=4)
@@ -433,7 +433,7 @@ SLOW = os.environ.get('M2DF_SLOW') == '1'
 
 @pytest.mark.skipif(not SLOW, reason='trains four models on the synthetic benchmark (minutes on a CPU): set M2DF_SLOW=1')
 def test_student_degrades_less_than_ce_baseline_on_synthetic(tmp_path):
-    from m2df.karmma_data import KarmmaDataset, karmma_synthetic_root
+    from m2df.karmma.data import KarmmaDataset, karmma_synthetic_root
     root = karmma_synthetic_root()
     cfgs = {r: make_karmma_config('synthetic', r, device='cpu') for r in ('teacher', 'student', 'ce_only')}
     c = cfgs['student']

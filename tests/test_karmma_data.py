@@ -7,13 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-import m2df.karmma_data as kd
-from m2df.karmma_data import (KARMMA_CLASSES, KARMMA_CLASS_NAMES, KARMMA_MARKER, SoundDesign, ClipRecord, KarmmaSplit,
+import m2df.karmma.data as kd
+from m2df.karmma.data import (KARMMA_CLASSES, KARMMA_CLASS_NAMES, KARMMA_MARKER, SoundDesign, ClipRecord, KarmmaSplit,
                               AnnotationError, KarmmaDataset, FeatureStore, collate_modalities, karmma_loader,
                               make_karmma_synthetic, karmma_synthetic_params, karmma_video, motion_sound, with_colour_family,
                               load_karmma_synthetic, load_ssv2, load_epic, read_epic_classes, segment_indices,
                               audio_window, ssv2_class)
-from m2df.modalities import (read_audio, log_mel_spectrogram, mel_centres, write_video_with_audio, ModalityError, AudioSpec)
+from m2df.karmma.modalities import (read_audio, log_mel_spectrogram, mel_centres, write_video_with_audio, ModalityError, AudioSpec)
 from m2df.synthetic import sample_video_params, video_rng, clip_states, render_clip
 from m2df.video import read_frames, VideoError, write_video
 

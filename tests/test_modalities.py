@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from m2df.modalities import (MODALITIES, FlowSpec, AudioSpec, ModalityError, farneback_flow, flow_pairs, clip_flow,
+from m2df.karmma.modalities import (MODALITIES, FlowSpec, AudioSpec, ModalityError, farneback_flow, flow_pairs, clip_flow,
                              hz_to_mel, mel_to_hz, mel_centres, mel_filterbank, log_mel_spectrogram, read_audio, has_audio,
                              fit_length, write_video_with_audio, read_box_annotations, clip_boxes)
 from m2df.video import VideoError

@@ -16,7 +16,7 @@ Each model runs all three modalities (extractors, Θ-Average, fusion, MLP) in ev
 """
 import argparse, statistics, time
 import torch
-from m2df.karmma import KarmmaModel, make_karmma_config, parameter_count
+from m2df.karmma.model import KarmmaModel, make_karmma_config, parameter_count
 
 
 def clip_inputs(cfg, mel=(64, 201), batch=1, device='cpu'):
