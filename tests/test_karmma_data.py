@@ -13,7 +13,7 @@ from m2df.karmma.data import (KARMMA_CLASSES, KARMMA_CLASS_NAMES, KARMMA_MARKER,
                               make_karmma_synthetic, karmma_synthetic_params, karmma_video, motion_sound, with_colour_family,
                               load_karmma_synthetic, load_ssv2, load_epic, read_epic_classes, segment_indices,
                               audio_window, ssv2_class)
-from m2df.karmma.modalities import (read_audio, log_mel_spectrogram, mel_centres, write_video_with_audio, ModalityError, AudioSpec)
+from m2df.karmma.modalities import (read_audio, log_mel_spectrogram, mel_centres, ModalityError, AudioSpec)
 from m2df.synthetic import sample_video_params, video_rng, clip_states, render_clip
 from m2df.video import read_frames, VideoError, write_video
 
@@ -82,9 +82,25 @@ def test_files_hold_the_rendered_video_and_sound(tiny):
     dec = read_frames(root / 'videos' / f'{l}.mp4', range(len(frames)))
     assert np.abs(dec.astype(float) - frames).mean() < 3
     a = read_audio(root / 'videos' / f'{l}.mp4')
-    assert abs(len(a) - len(audio)) < 32
-    n = min(len(a), len(audio))
-    assert np.corrcoef(a[:n], audio[:n])[0, 1] > 0.95
+    assert len(a) == len(audio)
+    assert np.abs(a - audio).max() <= 2 ** -15 + 1e-7                    # lossless audio: the waveform up to 16-bit rounding
+
+def x264_settings(path):
+    "The options string libx264 writes into the stream (an SEI message), e.g. 'rc=crf ... crf=18.0'."
+    import re
+    m = re.search(rb'x264 - core[^\x00]*', Path(path).read_bytes())
+    return m.group(0).decode('latin1') if m else ''
+
+def test_videos_are_encoded_losslessly(tiny):
+    "Lossless video (libx264 qp 0) and audio (FLAC): the same data at every generation, whatever the encoder's choices."
+    import av
+    root = tiny['a']
+    for l in lines(root, 'test')[:6]:
+        f = root / 'videos' / f'{l}.mp4'
+        opts = x264_settings(f).split()
+        assert 'rc=cqp' in opts and 'qp=0' in opts, (l, opts[:8])
+        with av.open(str(f)) as c:
+            assert [s.codec_context.name for s in c.streams.audio] == ([] if l in silent(root) else ['flac']), l
 
 def test_colour_family_is_visible():
     for c in KARMMA_CLASSES[:8]:
@@ -346,7 +362,7 @@ def epic_root(tmp_path_factory):
     for t in range(n): frames[t, 10:20, t % 20:t % 20 + 8] = 255
     ts = np.arange(n * sr // fps) / sr
     tone = (0.5 * np.sin(2 * np.pi * 1000 * ts) * (ts >= 2.0)).astype(np.float32)
-    write_video_with_audio(d / 'P01' / 'videos' / 'P01_01.MP4', frames, fps=fps, audio=tone, sample_rate=sr)
+    write_video(d / 'P01' / 'videos' / 'P01_01.MP4', frames, fps=fps, audio=tone, sample_rate=sr)
     fr = d / 'P02' / 'rgb_frames' / 'P02_01'; fr.mkdir(parents=True)
     for i in range(1, 41):
         im = np.zeros((24, 32, 3), np.uint8); im[8:16, i % 24:i % 24 + 8] = 200

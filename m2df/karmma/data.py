@@ -14,11 +14,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..video import (VideoError, CLIP_MEAN, CLIP_STD, open_video, resolve_video, sample_indices,
-                        resize_short_side, default_codec)
-from ..synthetic import sample_video_params, video_rng, render_clip, clip_states, cache_base, _hsv, _lum, _locked, NUISANCE_V1
+                        resize_short_side, default_codec, write_video)
+from ..synthetic import (sample_video_params, video_rng, render_clip, clip_states, cache_base, _hsv, _lum, NUISANCE_V1,
+                            generate_atomically)
 from ..splits import read_ssv2_labels
 from .modalities import (MODALITIES, ModalityError, FlowSpec, AudioSpec, flow_pairs, clip_flow, read_audio,
-                             fit_length, log_mel_spectrogram, write_video_with_audio, clip_boxes, read_box_annotations)
+                             fit_length, log_mel_spectrogram, clip_boxes, read_box_annotations)
 
 # %% auto #0
 __all__ = ['KARMMA_GENERATOR_VERSION', 'KARMMA_MOTIONS', 'COLOUR_HUES', 'SOUNDS', 'KARMMA_CLASSES', 'KARMMA_CLASS_NAMES',
@@ -31,7 +32,9 @@ __all__ = ['KARMMA_GENERATOR_VERSION', 'KARMMA_MOTIONS', 'COLOUR_HUES', 'SOUNDS'
            'KarmmaDataset', 'collate_modalities', 'karmma_loader', 'FeatureStore']
 
 # %% ../../nbs/21_karmma_data.ipynb #68e8e9df
-KARMMA_GENERATOR_VERSION = 1
+KARMMA_GENERATOR_VERSION = 2   # bump when the rendering, the sound or the encoding changes: cached benchmarks are regenerated
+# Version 2 encodes losslessly (H.264 at constant rate factor 0, FLAC audio): at rate factor 18 libx264 encoded 2 of 24
+# clips to different pixels in 10 encodings of each, so two generations of version 1 were not the same data.
 KARMMA_MOTIONS = ('move_right', 'move_left', 'move_up', 'move_down', 'rotate_clockwise', 'rotate_counterclockwise')
 COLOUR_HUES = {'warm': (-0.05, 0.13), 'cool': (0.47, 0.70)}      # hue ranges (fractions of the colour wheel)
 SOUNDS = ('bell', 'buzz')
@@ -173,8 +176,9 @@ def _write_karmma_class(args) -> int:
         vid = karmma_video_id(cls, i)
         frames, audio, _ = karmma_video(cls, i, prm['seed'], prm['size'], prm['min_frames'], prm['max_frames'], prm['fps'],
                                         prm['sample_rate'])
-        write_video_with_audio(d / f'{vid}.mp4', frames, prm['fps'], None if f'{cls}/{vid}' in silent else audio,
-                               prm['sample_rate'], codec=prm['codec'])
+        write_video(d / f'{vid}.mp4', frames, prm['fps'], codec=prm['codec'], crf=0,   # lossless video and audio: the same
+                    audio=None if f'{cls}/{vid}' in silent else audio,                 # data at every generation
+                    sample_rate=prm['sample_rate'], audio_codec='flac')
     return prm['videos_per_class']
 
 def _generate_karmma(out:Path, prm:dict, workers:int=1):
@@ -213,25 +217,9 @@ def make_karmma_synthetic(root:Union[str, Path], # folder to hold videos/, split
     "Generate the synthetic KARMMA benchmark at `root` unless a complete one with the same parameters is there."
     root = Path(root).expanduser().absolute()
     prm = karmma_synthetic_params(seed, **kw)
-    if _is_complete_karmma(root, prm): return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(root.parent / f'.{root.name}.lock'):
-        if _is_complete_karmma(root, prm): return root
-        if root.exists() and read_marker_file(root) is None and (not root.is_dir() or any(root.iterdir())):
-            raise FileExistsError(f'{str(root)!r} exists and is not a synthetic KARMMA benchmark (no {KARMMA_MARKER}); '
-                                  'refusing to overwrite it: remove it or choose another root')
-        for stale in root.parent.glob(f'.{root.name}.tmp-*'): shutil.rmtree(stale, ignore_errors=True)
-        tmp = root.parent / f'.{root.name}.tmp-{os.getpid()}'
-        t0 = time.time()
-        try: _generate_karmma(tmp, prm, workers)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True); raise
-        old = None
-        if root.exists():
-            old = root.parent / f'.{root.name}.tmp-{os.getpid()}-old'
-            os.rename(root, old)
-        os.rename(tmp, root)
-        if old is not None: shutil.rmtree(old, ignore_errors=True)
+    t0 = time.time()
+    if not generate_atomically(root, lambda r: _is_complete_karmma(r, prm), lambda tmp: _generate_karmma(tmp, prm, workers),
+                               KARMMA_MARKER, 'a synthetic KARMMA benchmark'): return root
     if verbose: print(f'generated {len(prm["classes"]) * prm["videos_per_class"]} videos in {str(root)!r} in {time.time() - t0:.1f}s')
     return root
 

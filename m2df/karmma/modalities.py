@@ -12,13 +12,12 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..video import VideoError, default_codec
+from ..video import VideoError
 
 # %% auto #0
-__all__ = ['MODALITIES', 'AUDIO_PREROLL', 'AUDIO_FRAME', 'BOX_FIELDS', 'ModalityError', 'FlowSpec', 'to_gray', 'farneback_flow',
-           'flow_pairs', 'clip_flow', 'AudioSpec', 'hz_to_mel', 'mel_to_hz', 'mel_centres', 'mel_filterbank',
-           'log_mel_spectrogram', 'has_audio', 'read_audio', 'fit_length', 'write_video_with_audio',
-           'read_box_annotations', 'clip_boxes']
+__all__ = ['MODALITIES', 'AUDIO_PREROLL', 'BOX_FIELDS', 'ModalityError', 'FlowSpec', 'to_gray', 'farneback_flow', 'flow_pairs',
+           'clip_flow', 'AudioSpec', 'hz_to_mel', 'mel_to_hz', 'mel_centres', 'mel_filterbank', 'log_mel_spectrogram',
+           'has_audio', 'read_audio', 'fit_length', 'read_box_annotations', 'clip_boxes']
 
 # %% ../../nbs/20_karmma_modalities.ipynb #d0d31b3f
 MODALITIES = ('rgb', 'flow', 'audio', 'boxes')   # every modality name the data layer knows
@@ -211,51 +210,6 @@ def fit_length(wave:np.ndarray,   # mono signal (n,)
         off = (int(rng.integers(0, len(wave) - n + 1)) if train and rng is not None else (len(wave) - n) // 2)
         return wave[off:off + n]
     return np.pad(wave, (0, n - len(wave)))
-
-# %% ../../nbs/20_karmma_modalities.ipynb #0db36212
-AUDIO_FRAME = 1024   # samples per AAC frame
-
-def write_video_with_audio(path:Union[str, Path],  # output file (.mp4)
-                           frames:np.ndarray,       # uint8 (n, H, W, 3) RGB, H and W even
-                           fps:int=12,              # video frame rate
-                           audio:Optional[np.ndarray]=None, # float mono (n,) or (channels, n) in [-1, 1]; None: no audio track
-                           sample_rate:int=AudioSpec.sample_rate, # audio rate (Hz)
-                           codec:Optional[str]=None, # video codec: libx264 | mpeg4 | None (`default_codec()`)
-                           audio_codec:str='aac',    # any PyAV audio encoder taking planar float (aac, libopus, ...)
-                           audio_bitrate:int=64_000, # bits per second
-                           crf:int=18,               # libx264 constant rate factor
-                          ) -> Path:
-    "Encode `frames` (and `audio`, if given) into the video file `path` with PyAV."
-    import av
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f'frames must be uint8 (n, H, W, 3), got {frames.dtype} {frames.shape} for {str(path)!r}')
-    if frames.shape[1] % 2 or frames.shape[2] % 2: raise ValueError(f'yuv420p needs even H and W, got {frames.shape[1:3]}')
-    if audio is not None:
-        audio = np.asarray(audio, dtype=np.float32)
-        audio = audio[None] if audio.ndim == 1 else audio
-        if audio.ndim != 2 or audio.shape[0] not in (1, 2): raise ValueError(f'audio must be (n,) or (1|2, n), got {audio.shape}')
-    codec = codec or default_codec()
-    with av.open(str(path), 'w') as c:
-        vs = c.add_stream(codec, rate=fps)
-        vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], 'yuv420p'
-        vs.thread_count = 1
-        vs.options = {'crf': str(crf), 'preset': 'veryfast', 'threads': '1'} if codec == 'libx264' else {'qscale': '2'}
-        if audio is not None:
-            layout = 'mono' if audio.shape[0] == 1 else 'stereo'
-            aus = c.add_stream(audio_codec, rate=sample_rate)
-            aus.layout, aus.bit_rate = layout, audio_bitrate
-            if audio_codec == 'aac': aus.options = {'aac_coder': 'fast'}
-        for f in frames:
-            for pkt in vs.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format='rgb24')): c.mux(pkt)
-        for pkt in vs.encode(): c.mux(pkt)
-        if audio is not None:
-            for i in range(0, audio.shape[1], AUDIO_FRAME):
-                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[:, i:i + AUDIO_FRAME]), format='fltp', layout=layout)
-                af.sample_rate, af.pts = sample_rate, i
-                for pkt in aus.encode(af): c.mux(pkt)
-            for pkt in aus.encode(): c.mux(pkt)
-    return Path(path)
 
 # %% ../../nbs/20_karmma_modalities.ipynb #686c9b1c
 BOX_FIELDS = ('x1', 'y1', 'x2', 'y2')
