@@ -22,7 +22,8 @@ __all__ = ['MODALITY_KINDS', 'INPUT_KINDS', 'VIDEO_EXTRACTORS', 'AUDIO_EXTRACTOR
            'register_modality', 'KarmmaConfig', 'architecture_of', 'make_karmma_config', 'theta_average',
            'swin_weights_file', 'swin_state_dict', 'adapt_stem', 'SwinTokens', 'transformer_layers', 'TinyVideoTokens',
            'sincos_2d', 'SpectrogramTokens', 'BoxTokens', 'build_extractor', 'FusionLayer', 'ModalityFusion',
-           'MultiHeadMLP', 'KarmmaModel', 'parameter_count', 'drop_modalities', 'info_nce', 'kd_kl', 'karmma_loss']
+           'MultiHeadMLP', 'KarmmaModel', 'parameter_count', 'save_extractor_weights', 'load_extractor_weights',
+           'drop_modalities', 'info_nce', 'kd_kl', 'karmma_loss']
 
 # %% ../../nbs/22_karmma_model.ipynb #c0baf88d
 MODALITY_KINDS = {'rgb': ('video', 3), 'flow': ('video', 2), 'audio': ('audio', 1), 'boxes': ('boxes', 5)}   # name -> (input kind, channels)
@@ -54,12 +55,16 @@ class KarmmaConfig:
     num_classes: tuple = (len(KARMMA_CLASS_NAMES),)  # classes per target (the synthetic benchmark: 24)
     frames: int = 16                      # frames per clip
     size: int = 224                       # square frame side
+    views: int = 4                        # distinct random views of a training clip, cycled over epochs (teacher tokens cached per view); 0: a new view every epoch, the teacher run on the fly
+    rgb_norm: str = 'auto'                # auto (imagenet for swin extractors, clip otherwise) | imagenet | clip: RGB mean/std
     # --- extractors
     role: str = 'student'                 # teacher | student | ce_only | dropout_only
     video_extractor: str = 'swin3d_t'     # tiny | swin3d_t | swin3d_b (rgb, flow and other video-like modalities)
     audio_extractor: str = 'ast'          # ast | swin3d_t | swin3d_b (spectrogram as a 2-frame, 1-channel clip)
     extractor_weights: Optional[str] = 'KINETICS400_V1'  # swin weights: a torchvision enum name, a file path, or None / 'none' (random)
     freeze_extractors: bool = False       # True: extractors fixed (the teacher), their tokens can be cached
+    trainable_extractors: tuple = ()      # modalities whose extractor trains even when freeze_extractors is on (no pretrained weights: SSv2 boxes)
+    extractor_checkpoint: Optional[str] = None  # file of pretrained extractor weights {modality: state dict} (`pretrain_extractors`), loaded after extractor_weights
     tiny_dim: int = 64                    # width of the tiny video extractor
     tiny_depth: int = 1                   # its transformer layers
     tiny_heads: int = 4                   # its attention heads
@@ -110,7 +115,7 @@ class KarmmaConfig:
         "Raise a ValueError naming the first field that holds an impossible value."
         if isinstance(self.extractor_weights, str) and self.extractor_weights.strip().lower() in ('', 'none', 'random'):
             self.extractor_weights = None          # spelled out, so that papermill and command lines can ask for random weights
-        for name in ('modalities', 'targets', 'num_classes', 'tiny_patch'):
+        for name in ('modalities', 'targets', 'num_classes', 'tiny_patch', 'trainable_extractors'):
             v = getattr(self, name)
             if isinstance(v, str): v = v.split(',')
             setattr(self, name, tuple(v))
@@ -129,6 +134,9 @@ class KarmmaConfig:
         need(self.aux_loss in AUX_LOSSES, 'aux_loss', f'choose from {AUX_LOSSES}')
         need(self.missing in MISSING_MODES, 'missing', f'choose from {MISSING_MODES}')
         need(len(self.tiny_patch) == 3, 'tiny_patch', 'give (frames, height, width)')
+        need(set(self.trainable_extractors) <= set(self.modalities), 'trainable_extractors', f'name modalities of {self.modalities}')
+        need(isinstance(self.views, int) and self.views >= 0, 'views', 'must be 0 (a new view every epoch) or a positive integer')
+        need(self.rgb_norm in ('auto', 'imagenet', 'clip'), 'rgb_norm', 'choose auto, imagenet or clip')
         for name in ('frames', 'size', 'tiny_dim', 'tiny_depth', 'tiny_heads', 'audio_dim', 'audio_depth', 'audio_heads',
                      'audio_patch', 'box_dim', 'box_depth', 'box_heads', 'theta', 'fusion_dim', 'fusion_layers', 'fusion_heads', 'epochs', 'batch_size', 'eval_batch_size'):
             need(isinstance(getattr(self, name), int) and getattr(self, name) > 0, name, 'must be a positive integer')
@@ -148,6 +156,15 @@ class KarmmaConfig:
     @property
     def n_modalities(self) -> int: return len(self.modalities)
     @property
+    def frozen_modalities(self) -> tuple:
+        "The modalities whose extractor is frozen (its tokens can be cached)."
+        return tuple(m for m in self.modalities if self.freeze_extractors and m not in self.trainable_extractors)
+    @property
+    def rgb_statistics(self) -> str:
+        "The RGB normalisation the extractors expect: imagenet for torchvision's Kinetics-400 Swin, clip otherwise."
+        if self.rgb_norm != 'auto': return self.rgb_norm
+        return 'imagenet' if self.video_extractor.startswith('swin3d') else 'clip'
+    @property
     def classes(self) -> dict: return dict(zip(self.targets, self.num_classes))
 
     def to_dict(self) -> dict: return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -165,7 +182,8 @@ class KarmmaConfig:
 # %% ../../nbs/22_karmma_model.ipynb #33094551
 DATASET_PRESETS = {
     'synthetic': dict(modalities=('rgb', 'flow', 'audio'), targets=('label',), num_classes=(len(KARMMA_CLASS_NAMES),), frames=4, size=32),
-    'ssv2': dict(modalities=('rgb', 'flow', 'boxes'), targets=('label',), num_classes=(SSV2_NUM_CLASSES,), frames=16, size=224),
+    'ssv2': dict(modalities=('rgb', 'flow', 'boxes'), targets=('label',), num_classes=(SSV2_NUM_CLASSES,), frames=16, size=224,
+                 trainable_extractors=('boxes',)),   # no pretrained box extractor exists: it trains, in the teacher too
     'epic_kitchens': dict(modalities=('rgb', 'flow', 'audio'), targets=('verb', 'noun'),
                           num_classes=(EPIC_NUM_CLASSES['verb'], EPIC_NUM_CLASSES['noun']), frames=16, size=224),
 }
@@ -207,13 +225,16 @@ def make_karmma_config(dataset:str='synthetic', # a key of DATASET_PRESETS
                        role:str='student',      # teacher | student | ce_only | dropout_only
                        scale:Optional[str]=None, # paper | tiny; None: the dataset's default (tiny for synthetic)
                        **overrides) -> KarmmaConfig:
-    "The config of `role` on `dataset` at `scale`, then `overrides` (None values are ignored, so papermill can pass them all)."
+    "The config of `role` on `dataset` at `scale`, then `overrides` (None values are ignored, so papermill can pass them all; a new `epochs` scales the warm-up)."
     if dataset not in DATASET_PRESETS: raise ValueError(f'unknown dataset {dataset!r}; choose from {sorted(DATASET_PRESETS)}')
     if role not in ROLE_PRESETS: raise ValueError(f'unknown role {role!r}; choose from {sorted(ROLE_PRESETS)}')
     scale = scale or DEFAULT_SCALE[dataset]
     if scale not in SCALE_PRESETS: raise ValueError(f'unknown scale {scale!r}; choose from {sorted(SCALE_PRESETS)}')
     d = {**DATASET_PRESETS[dataset], **SCALE_PRESETS[scale][architecture_of(role)], **ROLE_PRESETS[role], 'dataset': dataset, 'role': role}
-    d.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if 'epochs' in given and 'warmup_epochs' not in given:     # the warm-up keeps its share of the epochs (the paper: 10 of 100)
+        given['warmup_epochs'] = int(d.get('warmup_epochs', KarmmaConfig.warmup_epochs) * given['epochs'] / d.get('epochs', KarmmaConfig.epochs))
+    d.update(given)
     return KarmmaConfig.from_dict(d)
 
 # %% ../../nbs/22_karmma_model.ipynb #1ad5922f
@@ -455,24 +476,29 @@ class KarmmaModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.extractors = nn.ModuleDict({m: build_extractor(cfg, m) for m in cfg.modalities})
+        if cfg.extractor_checkpoint: load_extractor_weights(self.extractors, cfg.extractor_checkpoint)
         self.fusion = ModalityFusion(cfg.modalities, {m: e.dim for m, e in self.extractors.items()}, cfg.fusion_dim,
                                      cfg.fusion_layers, cfg.fusion_heads, cfg.theta, cfg.fusion_mlp_ratio,
                                      cfg.fusion_attn_dropout, cfg.fusion_dropout)
         self.head = MultiHeadMLP(cfg.fusion_dim, cfg.classes, cfg.head_dropout)
-        if cfg.freeze_extractors:
-            for p in self.extractors.parameters(): p.requires_grad_(False)
+        for m in cfg.frozen_modalities:
+            for p in self.extractors[m].parameters(): p.requires_grad_(False)
 
     def train(self, mode:bool=True):
         super().train(mode)
-        if self.cfg.freeze_extractors: self.extractors.eval()       # frozen extractors stay deterministic
+        for m in self.cfg.frozen_modalities: self.extractors[m].eval()    # frozen extractors stay deterministic
         return self
 
-    def extract(self, inputs:dict) -> dict:
-        "Reduced tokens of every modality {m: B×k_m×C_m}; with missing='zeros' also the zero-input tokens under '_zero'."
-        with torch.no_grad() if self.cfg.freeze_extractors else contextlib.nullcontext():
-            out = {m: theta_average(self.extractors[m](inputs[m]), self.cfg.theta) for m in self.cfg.modalities}
-            if self.cfg.missing == 'zeros':
-                out['_zero'] = {m: theta_average(self.extractors[m](torch.zeros_like(inputs[m][:1])), self.cfg.theta) for m in self.cfg.modalities}
+    def extract(self, inputs:dict, modalities:Optional[tuple]=None) -> dict:
+        "Reduced tokens {m: B×k_m×C_m} of `modalities` (default all); with missing='zeros' also the zero-input tokens under '_zero'."
+        mods = self.cfg.modalities if modalities is None else tuple(modalities)
+        frozen = self.cfg.frozen_modalities
+        out = {}
+        for m in mods:
+            with torch.no_grad() if m in frozen else contextlib.nullcontext():
+                out[m] = theta_average(self.extractors[m](inputs[m]), self.cfg.theta)
+        if self.cfg.missing == 'zeros':
+            out['_zero'] = {m: theta_average(self.extractors[m](torch.zeros_like(inputs[m][:1])), self.cfg.theta) for m in mods}
         return out
 
     def classify(self, tokens:dict, present:dict) -> dict:
@@ -492,6 +518,24 @@ class KarmmaModel(nn.Module):
 def parameter_count(module:nn.Module, trainable:bool=False) -> int:
     "Number of parameters of `module` (only those that require grad with trainable=True)."
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
+
+def save_extractor_weights(extractors:nn.ModuleDict, path) -> Path:
+    "Write the extractors' weights {modality: state dict} atomically to `path` (a file `extractor_checkpoint` can name)."
+    from m2df.runs import save_checkpoint
+    path = Path(path)
+    save_checkpoint(path, {m: e.state_dict() for m, e in extractors.items()})
+    return path
+
+def load_extractor_weights(extractors:nn.ModuleDict, path):
+    "Load `save_extractor_weights`' file into `extractors`; every modality must be in it and fit."
+    p = Path(path).expanduser()
+    if not p.is_file(): raise FileNotFoundError(f'extractor_checkpoint {str(p)!r} does not exist (write one with pretrain_extractors)')
+    sd = torch.load(p, map_location='cpu', weights_only=True)
+    missing = [m for m in extractors if m not in sd]
+    if missing: raise ValueError(f'extractor_checkpoint {str(p)!r} holds no weights for {missing} (it has {sorted(sd)})')
+    for m, e in extractors.items():
+        try: e.load_state_dict(sd[m])
+        except RuntimeError as err: raise ValueError(f'extractor_checkpoint {str(p)!r}: the {m!r} weights do not fit this extractor: {err}') from None
 
 # %% ../../nbs/22_karmma_model.ipynb #15944e2b
 def drop_modalities(present:dict,  # modality -> bool B (what the data holds)
