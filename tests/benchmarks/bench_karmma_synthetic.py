@@ -12,7 +12,9 @@ and the accuracy at p = 0.5 and p = 0.9. It prints the mean over seeds with a 95
 differences student - dropout_only (what distillation adds) and student - ce_only with their 95% t-intervals over
 seeds: an interval that excludes 0 says the effect is larger than the seed-to-seed spread.
 
-    python tests/benchmarks/bench_karmma_synthetic.py [--seeds 5] [--out runs/karmma-synthetic-study.json]
+    python tests/benchmarks/bench_karmma_synthetic.py [--seeds 5] [--first 0] [--out runs/karmma-synthetic-study]
+
+The summary covers every seed{n}.json in --out.
 """
 import argparse, json, math, time
 from pathlib import Path
@@ -70,6 +72,7 @@ def t_interval(x):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--seeds', type=int, default=5)
+    ap.add_argument('--first', type=int, default=0, help='first seed (several processes can share --out)')
     ap.add_argument('--pretrain-epochs', type=int, default=15)
     ap.add_argument('--out', default='runs/karmma-synthetic-study')
     ap.add_argument('--threads', type=int, default=1)
@@ -79,11 +82,10 @@ def main():
     root = karmma_synthetic_root()
     t0 = time.time()
     figs = []
-    for s in range(a.seeds):
+    for s in range(a.first, a.first + a.seeds):
         f = out / f'seed{s}.json'
-        if f.exists(): figs.append(json.loads(f.read_text())); continue
-        figs.append(one_seed(s, root, out, a.pretrain_epochs))
-        f.write_text(json.dumps(figs[-1], indent=1))
+        if not f.exists(): f.write_text(json.dumps(one_seed(s, root, out, a.pretrain_epochs), indent=1))
+    figs = [json.loads(f.read_text()) for f in sorted(out.glob('seed*.json'))]
     print(f'\n{len(figs)} seeds, {time.time() - t0:.0f}s. Test accuracy % (mean ± 95% t-interval over seeds); chance 4.2%')
     print(f"{'model':14s}" + ''.join(f'{m:>16s}' for m in METRICS))
     for n in ROLES:
