@@ -79,6 +79,8 @@ class TokenStore:
             if not f.exists():
                 if not create: raise FileNotFoundError(f'token chunk {str(f)!r} is missing (the index points into it)')
                 np.lib.format.open_memmap(f, mode='w+', dtype=np.float16, shape=(self.chunk_rows, k, C)).flush()
+            if len(self._open) >= 64:                  # each map holds a file descriptor: keep the 64 most recent
+                old = self._open.pop(next(iter(self._open))); old.flush(); del old
             self._open[(m, c)] = np.load(f, mmap_mode='r+')
         return self._open[(m, c)]
 
