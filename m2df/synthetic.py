@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib, hashlib, json, math, os, shutil, time, zlib
 from dataclasses import dataclass, asdict
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -21,7 +21,7 @@ __all__ = ['GENERATOR_VERSION', 'BG_CONTRAST', 'RADIUS', 'CENTRE', 'NUISANCE_V1'
            'ObjectState', 'move', 'rotate', 'grow', 'circle', 'spiral_in', 'fade_in', 'move_then_stop', 'zigzag_right',
            'roll_right', 'slide_in', 'meet', 'approach_and_return', 'go_and_return', 'bounce', 'blink', 'clip_states',
            'render_background', 'render_frame', 'render_clip', 'synthetic_params', 'video_id', 'read_marker',
-           'is_complete', 'make_synthetic_benchmark', 'cache_base', 'synthetic_root']
+           'is_complete', 'generate_atomically', 'make_synthetic_benchmark', 'cache_base', 'synthetic_root']
 
 # %% ../nbs/03_synthetic.ipynb #6045d956
 GENERATOR_VERSION = 3     # bump when the rendering or encoding changes: cached benchmarks are then regenerated
@@ -387,6 +387,37 @@ def _locked(path:Path):
         try: yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
 
+def _read_json(path:Path) -> Optional[dict]:
+    try: return json.loads(path.read_text())
+    except (OSError, ValueError): return None
+
+def generate_atomically(root:Path,                     # the folder to create (absolute)
+                        is_complete:Callable[[Path], bool], # whether a folder holds what is wanted
+                        generate:Callable[[Path], None],    # writes everything into a fresh folder, its marker last
+                        marker:str,                         # name of the JSON marker file that says a folder is ours
+                        what:str='a generated dataset',     # for the error message
+                       ) -> bool:
+    "Make `root` with `generate` in a temporary sibling renamed into place under a lock; False if it was already complete."
+    if is_complete(root): return False
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(root.parent / f'.{root.name}.lock'):
+        if is_complete(root): return False                       # made by another process while we waited
+        if root.exists() and _read_json(root / marker) is None and (not root.is_dir() or any(root.iterdir())):
+            raise FileExistsError(f'{str(root)!r} exists and is not {what} (no {marker}); '
+                                  'refusing to overwrite it: remove it or choose another root')
+        for stale in root.parent.glob(f'.{root.name}.tmp-*'): shutil.rmtree(stale, ignore_errors=True)
+        tmp = root.parent / f'.{root.name}.tmp-{os.getpid()}'
+        try: generate(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True); raise
+        old = None
+        if root.exists():
+            old = root.parent / f'.{root.name}.tmp-{os.getpid()}-old'
+            os.rename(root, old)
+        os.rename(tmp, root)
+        if old is not None: shutil.rmtree(old, ignore_errors=True)
+    return True
+
 def make_synthetic_benchmark(root:Union[str, Path], # folder to hold videos/, splits/ and the marker
                              seed:int=0,             # benchmark seed
                              videos_per_class:int=SYNTHETIC_DEFAULTS['videos_per_class'],
@@ -401,25 +432,10 @@ def make_synthetic_benchmark(root:Union[str, Path], # folder to hold videos/, sp
     "Generate the synthetic benchmark at `root` unless a complete one with the same parameters is there; return `root`."
     root = Path(root).expanduser().absolute()
     prm = synthetic_params(seed, videos_per_class, min_frames, max_frames, size, fps, codec)
-    if is_complete(root, prm): return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(root.parent / f'.{root.name}.lock'):
-        if is_complete(root, prm): return root                  # made by another process while we waited
-        if root.exists() and read_marker(root) is None and (not root.is_dir() or any(root.iterdir())):
-            raise FileExistsError(f'{str(root)!r} exists and is not a synthetic benchmark (no {MARKER_FILE}); '
-                                  'refusing to overwrite it: remove it or choose another root')
-        for stale in root.parent.glob(f'.{root.name}.tmp-*'): shutil.rmtree(stale, ignore_errors=True)
-        tmp = root.parent / f'.{root.name}.tmp-{os.getpid()}'
-        t0 = time.time()
-        try: _generate(tmp, prm, workers)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True); raise
-        old = None
-        if root.exists():
-            old = root.parent / f'.{root.name}.tmp-{os.getpid()}-old'
-            os.rename(root, old)
-        os.rename(tmp, root)
-        if old is not None: shutil.rmtree(old, ignore_errors=True)
+    t0 = time.time()
+    made = generate_atomically(root, lambda r: is_complete(r, prm), lambda tmp: _generate(tmp, prm, workers), MARKER_FILE,
+                               'a synthetic benchmark')
+    if not made: return root
     if verbose: print(f'generated {len(SYNTHETIC_CLASSES) * videos_per_class} videos in {str(root)!r} in {time.time() - t0:.1f}s')
     return root
 

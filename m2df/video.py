@@ -164,15 +164,24 @@ def write_video(path:Union[str, Path], # output file (.mp4)
                 frames:np.ndarray,     # uint8 (n, H, W, 3) RGB, H and W even
                 fps:int=12,            # frame rate stored in the container
                 codec:Optional[str]=None, # libx264 | mpeg4 | None (`default_codec()`)
-                crf:int=18,            # libx264 constant rate factor (lower: better quality)
+                crf:int=18,            # libx264 constant rate factor (lower: better quality; 0: lossless)
                 gop:Optional[int]=None, # frames between key frames (None: the encoder's default, 250 for libx264)
+                audio:Optional[np.ndarray]=None, # float mono (n,) or (channels, n) in [-1, 1]; None: no audio track
+                sample_rate:int=16_000,  # audio rate (Hz)
+                audio_codec:str='aac',   # any PyAV audio encoder taking planar float: aac, flac (lossless), libopus, ...
+                audio_bitrate:int=64_000, # bits per second (lossy audio codecs)
                ) -> Path:
-    "Encode `frames` into the video file `path` with PyAV."
+    "Encode `frames` (and `audio`, if given, as a second track) into the video file `path` with PyAV."
     import av
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f'frames must be uint8 (n, H, W, 3), got {frames.dtype} {frames.shape} for {str(path)!r}')
     if frames.shape[1] % 2 or frames.shape[2] % 2: raise ValueError(f'yuv420p needs even H and W, got {frames.shape[1:3]}')
+    if audio is not None:
+        audio = np.asarray(audio, dtype=np.float32)
+        audio = audio[None] if audio.ndim == 1 else audio
+        if audio.ndim != 2 or audio.shape[0] not in (1, 2):
+            raise ValueError(f'audio must be (n,) or (1|2, n), got {audio.shape} for {str(path)!r}')
     codec = codec or default_codec()
     with av.open(str(path), 'w') as c:
         s = c.add_stream(codec, rate=fps)
@@ -181,9 +190,21 @@ def write_video(path:Union[str, Path], # output file (.mp4)
         if gop is not None: s.gop_size = int(gop)
         if codec == 'libx264': s.options = {'crf': str(crf), 'preset': 'veryfast', 'threads': '1'}
         else: s.options = {'qscale': '2'}
+        if audio is not None:
+            layout = 'mono' if audio.shape[0] == 1 else 'stereo'
+            a = c.add_stream(audio_codec, rate=sample_rate)
+            a.layout, a.bit_rate = layout, audio_bitrate
+            if audio_codec == 'aac': a.options = {'aac_coder': 'fast'}
         for f in frames:
             for pkt in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format='rgb24')): c.mux(pkt)
         for pkt in s.encode(): c.mux(pkt)
+        if audio is not None:        # frames of the encoder's size (1024 samples for AAC); pts in samples
+            step = a.codec_context.frame_size or 1024
+            for i in range(0, audio.shape[1], step):
+                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[:, i:i + step]), format='fltp', layout=layout)
+                af.sample_rate, af.pts = sample_rate, i
+                for pkt in a.encode(af): c.mux(pkt)
+            for pkt in a.encode(): c.mux(pkt)
     return Path(path)
 
 # %% ../nbs/02_video.ipynb #3bc16693

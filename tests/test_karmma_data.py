@@ -7,13 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-import m2df.karmma_data as kd
-from m2df.karmma_data import (KARMMA_CLASSES, KARMMA_CLASS_NAMES, KARMMA_MARKER, SoundDesign, ClipRecord, KarmmaSplit,
-                              AnnotationError, KarmmaDataset, FeatureStore, collate_modalities, karmma_loader,
+import m2df.karmma.data as kd
+from m2df.karmma.data import (KARMMA_CLASSES, KARMMA_CLASS_NAMES, KARMMA_MARKER, SoundDesign, ClipRecord, KarmmaSplit,
+                              AnnotationError, KarmmaDataset, collate_modalities, karmma_loader,
                               make_karmma_synthetic, karmma_synthetic_params, karmma_video, motion_sound, with_colour_family,
                               load_karmma_synthetic, load_ssv2, load_epic, read_epic_classes, segment_indices,
                               audio_window, ssv2_class)
-from m2df.modalities import (read_audio, log_mel_spectrogram, mel_centres, write_video_with_audio, ModalityError, AudioSpec)
+from m2df.karmma.modalities import (read_audio, log_mel_spectrogram, mel_centres, ModalityError, AudioSpec)
 from m2df.synthetic import sample_video_params, video_rng, clip_states, render_clip
 from m2df.video import read_frames, VideoError, write_video
 
@@ -82,9 +82,25 @@ def test_files_hold_the_rendered_video_and_sound(tiny):
     dec = read_frames(root / 'videos' / f'{l}.mp4', range(len(frames)))
     assert np.abs(dec.astype(float) - frames).mean() < 3
     a = read_audio(root / 'videos' / f'{l}.mp4')
-    assert abs(len(a) - len(audio)) < 32
-    n = min(len(a), len(audio))
-    assert np.corrcoef(a[:n], audio[:n])[0, 1] > 0.95
+    assert len(a) == len(audio)
+    assert np.abs(a - audio).max() <= 2 ** -15 + 1e-7                    # lossless audio: the waveform up to 16-bit rounding
+
+def x264_settings(path):
+    "The options string libx264 writes into the stream (an SEI message), e.g. 'rc=crf ... crf=18.0'."
+    import re
+    m = re.search(rb'x264 - core[^\x00]*', Path(path).read_bytes())
+    return m.group(0).decode('latin1') if m else ''
+
+def test_videos_are_encoded_losslessly(tiny):
+    "Lossless video (libx264 qp 0) and audio (FLAC): the same data at every generation, whatever the encoder's choices."
+    import av
+    root = tiny['a']
+    for l in lines(root, 'test')[:6]:
+        f = root / 'videos' / f'{l}.mp4'
+        opts = x264_settings(f).split()
+        assert 'rc=cqp' in opts and 'qp=0' in opts, (l, opts[:8])
+        with av.open(str(f)) as c:
+            assert [s.codec_context.name for s in c.streams.audio] == ([] if l in silent(root) else ['flac']), l
 
 def test_colour_family_is_visible():
     for c in KARMMA_CLASSES[:8]:
@@ -164,7 +180,7 @@ def test_dataset_items_and_shapes(tiny):
     assert it['flow'].abs().max() <= 1
     assert torch.equal(ds[5]['rgb'], ds[5]['rgb']) and torch.equal(ds[5]['audio'], ds[5]['audio'])
     only = KarmmaDataset(tiny['a'], 'test', modalities=('audio',))
-    assert sorted(only[0]) == ['audio', 'id', 'label']
+    assert sorted(only[0]) == ['audio', 'id', 'label', 'view']
     with pytest.raises(ValueError, match='modalities'): KarmmaDataset(tiny['a'], 'test', modalities=('rgb', 'depth'))
     with pytest.raises(ValueError, match='boxes'): KarmmaDataset(tiny['a'], 'test', modalities=('rgb', 'boxes'))
     with pytest.raises(ValueError, match='unknown split'): KarmmaDataset(tiny['a'], 'dev')
@@ -196,7 +212,7 @@ def test_missing_audio_is_marked_not_present(tiny):
     assert b['present']['rgb'].all() and b['present']['flow'].all()
     assert b['id'] == [ds.records[i].id for i in (here[0], gone[0], here[1], gone[1])]
     assert b['label'].tolist() == [ds.records[i].label for i in (here[0], gone[0], here[1], gone[1])]
-    assert set(b) == {'id', 'label', 'inputs', 'present'} and set(b['inputs']) == set(b['present']) == {'rgb', 'flow', 'audio'}
+    assert set(b) == {'id', 'view', 'label', 'inputs', 'present'} and set(b['inputs']) == set(b['present']) == {'rgb', 'flow', 'audio'}
 
 def test_training_sampling_varies_by_epoch_and_flip(tiny):
     root = tiny['a']
@@ -346,7 +362,7 @@ def epic_root(tmp_path_factory):
     for t in range(n): frames[t, 10:20, t % 20:t % 20 + 8] = 255
     ts = np.arange(n * sr // fps) / sr
     tone = (0.5 * np.sin(2 * np.pi * 1000 * ts) * (ts >= 2.0)).astype(np.float32)
-    write_video_with_audio(d / 'P01' / 'videos' / 'P01_01.MP4', frames, fps=fps, audio=tone, sample_rate=sr)
+    write_video(d / 'P01' / 'videos' / 'P01_01.MP4', frames, fps=fps, audio=tone, sample_rate=sr)
     fr = d / 'P02' / 'rgb_frames' / 'P02_01'; fr.mkdir(parents=True)
     for i in range(1, 41):
         im = np.zeros((24, 32, 3), np.uint8); im[8:16, i % 24:i % 24 + 8] = 200
@@ -363,7 +379,7 @@ def test_epic_end_to_end(epic_root):
     ds = KarmmaDataset(sp, frames=4, size=24, audio_seconds=0.5)
     items = [ds[i] for i in range(3)]
     b = ds.collate(items)
-    assert set(b) == {'id', 'verb', 'noun', 'inputs', 'present'}
+    assert set(b) == {'id', 'view', 'verb', 'noun', 'inputs', 'present'}
     assert b['verb'].tolist() == [2, 4, 1] and b['noun'].tolist() == [5, 6, 9]
     assert b['present']['audio'].tolist() == [True, True, False]
     assert b['inputs']['audio'].shape == (3, 1, 64, 51)
@@ -389,36 +405,55 @@ def test_segment_indices_and_audio_window():
     assert 10 <= a and b <= 20 and abs(b - a - 2) < 1e-9
     assert audio_window(10., 20., 2., False) == (14., 16.)
 
-# --- feature store
+# --- precomputed flow (Epic-Kitchens flow_frames)
 
-def test_feature_store(tmp_path):
-    st = FeatureStore(tmp_path / 'fs')
-    key = dict(extractor='swin3d_b', weights='abc123', modality='flow', clip_id='cls/vid_001', sampling={'frames': 8, 'size': 56})
-    assert st.load(**key) is None and not st.has(**key)
-    x = torch.randn(4, 7)
-    f = st.save(x, **key)
-    assert f.is_file() and st.has(**key)
-    assert torch.equal(torch.load(f, weights_only=True), x)
-    assert torch.equal(st.load(**key), x)
-    for change in (dict(extractor='other'), dict(weights='abc124'), dict(modality='audio'), dict(clip_id='cls_vid_001'),
-                   dict(sampling={'frames': 16, 'size': 56})):
-        assert st.load(**{**key, **change}) is None, change
-    assert st.path(**key) == st.path(**{**key, 'sampling': {'size': 56, 'frames': 8}})     # key order does not matter
-    st.save({'tokens': torch.ones(2, 3), 'cls': torch.zeros(3)}, **{**key, 'modality': 'audio'})
-    d = st.load(**{**key, 'modality': 'audio'})
-    assert set(d) == {'tokens', 'cls'} and torch.equal(d['tokens'], torch.ones(2, 3))
-    assert json.loads((f.parent / 'sampling.json').read_text()) == {'frames': 8, 'size': 56}
-    assert not list((tmp_path / 'fs').rglob('.tmp-*'))
-    with pytest.raises(TypeError, match='tensor'): st.save(np.zeros(3), **key)
-    with pytest.raises(ValueError, match='sampling'): st.path(**{**key, 'sampling': {'f': {1, 2}}})
-    with pytest.raises(ValueError, match='extractor'): st.path(**{**key, 'extractor': ''})
-    f.write_bytes(b'not a tensor file')
-    with pytest.raises(ModalityError, match=f.name): st.load(**key)
+def write_flow_frames(folder, n, u_px, v_px, size=(24, 32), bound=20.):
+    "n flow frames of constant motion (u_px, v_px) pixels, encoded as Epic-Kitchens' u/v JPEGs (128 = still, ±bound px = 255/0)."
+    for d, px in (('u', u_px), ('v', v_px)):
+        (folder / d).mkdir(parents=True, exist_ok=True)
+        g = int(round((px / bound + 1) / 2 * 255))
+        for j in range(1, n + 1): Image.fromarray(np.full(size, g, np.uint8)).save(folder / d / f'frame_{j:010d}.jpg', quality=100)
 
-def test_feature_store_get_or_compute(tmp_path):
-    st = FeatureStore(tmp_path)
-    calls = []
-    key = dict(extractor='e', weights='w', modality='rgb', clip_id='a', sampling={})
-    v1 = st.get_or_compute(lambda: calls.append(1) or torch.arange(3.), **key)
-    v2 = st.get_or_compute(lambda: calls.append(1) or torch.zeros(3), **key)
-    assert calls == [1] and torch.equal(v1, v2)
+def test_precomputed_flow_is_read_when_it_exists(epic_root, tmp_path):
+    "A frames-only video with its TV-L1 flow folders (Epic-Kitchens layout: 256-px frames, one flow frame per 2 RGB frames)."
+    fr = tmp_path / 'P03' / 'rgb_frames' / 'P03_01'; fr.mkdir(parents=True)
+    for i in range(1, 41): Image.fromarray(np.full((256, 320, 3), 6 * i, np.uint8)).save(fr / f'frame_{i:010d}.jpg')
+    fl = tmp_path / 'P03' / 'flow_frames' / 'P03_01'
+    write_flow_frames(fl, 20, u_px=5., v_px=-2.5, size=(256, 320))
+    f = tmp_path / 'EPIC_100_train.csv'
+    f.write_text(EK_HEADER + 'P03_01_0,P03,P03_01,,,,5,40,,,1,,9,,\n')
+    sp = load_epic(f, tmp_path)
+    assert sp.records[0].flow == str(fl)
+    ds = KarmmaDataset(sp, modalities=('rgb', 'flow'), frames=4, size=48)
+    x = ds[0]['flow']
+    assert x.shape == (4, 2, 48, 48)
+    # 5 px at a 256-px side is a quarter of the 20-px bound, whatever the working resolution
+    assert abs(x[:, 0].mean().item() - 0.25) < 0.01 and abs(x[:, 1].mean().item() + 0.125) < 0.01
+    assert kd.FlowFrames(fl).flow_index([0, 1, 2, 39]).tolist() == [0, 0, 1, 19]
+    computed = KarmmaDataset(load_epic(f, tmp_path, flow='compute'), modalities=('rgb', 'flow'), frames=4, size=48)[0]['flow']
+    assert computed.abs().max() < 0.05                                       # flow='compute': Farneback on still frames
+    (tmp_path / 'P01' / 'rgb_frames' / 'P01_01').mkdir(parents=True)         # a second video without flow folders
+    g = tmp_path / 'b.csv'
+    g.write_text(EK_HEADER + 'P03_01_0,P03,P03_01,,,,5,40,,,1,,9,,\nP01_01_0,P01,P01_01,,,,1,15,,,2,,5,,\n')
+    with pytest.raises(AnnotationError, match='1 videos .* no precomputed flow'): load_epic(g, tmp_path)
+    assert load_epic(g, tmp_path, flow='compute').records[0].flow is None
+    with pytest.raises(AnnotationError, match='no precomputed flow'):
+        load_epic(epic_root / 'EPIC_100_train.csv', epic_root, flow='frames')
+
+def test_rgb_statistics(tiny):
+    a = KarmmaDataset(tiny['a'], 'test', modalities=('rgb',), frames=2, size=32)
+    b = KarmmaDataset(tiny['a'], 'test', modalities=('rgb',), frames=2, size=32, rgb_norm='imagenet')
+    raw = KarmmaDataset(tiny['a'], 'test', modalities=('rgb',), frames=2, size=32, normalize=False)[0]['rgb']
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    torch.testing.assert_close(b[0]['rgb'], (raw - mean) / std)
+    assert not torch.allclose(a[0]['rgb'], b[0]['rgb'])
+    with pytest.raises(ValueError, match='rgb_norm'): KarmmaDataset(tiny['a'], 'test', rgb_norm='kinetics')
+
+def test_views_cycle_over_epochs(tiny):
+    ds = KarmmaDataset(tiny['a'], 'train', modalities=('rgb',), frames=4, size=48, train=True, views=3, seed=2)
+    got = []
+    for e in range(4):
+        ds.set_epoch(e); it = ds[5]; got.append((it['view'], it['rgb']))
+    assert [v for v, _ in got] == [0, 1, 2, 0]
+    assert torch.equal(got[0][1], got[3][1]) and not torch.equal(got[0][1], got[1][1])
+    assert KarmmaDataset(tiny['a'], 'test')[0]['view'] == -1

@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from m2df.modalities import (MODALITIES, FlowSpec, AudioSpec, ModalityError, farneback_flow, flow_pairs, clip_flow,
+from m2df.karmma.modalities import (MODALITIES, FlowSpec, AudioSpec, ModalityError, farneback_flow, flow_pairs, clip_flow,
                              hz_to_mel, mel_to_hz, mel_centres, mel_filterbank, log_mel_spectrogram, read_audio, has_audio,
-                             fit_length, write_video_with_audio, read_box_annotations, clip_boxes)
-from m2df.video import VideoError
+                             fit_length, read_box_annotations, clip_boxes)
+from m2df.video import VideoError, write_video
 
 def texture(seed=0, size=64, cells=16):
     "A smooth random grey texture (uint8 size×size), which Farnebäck can track."
@@ -125,8 +125,8 @@ def av_files(tmp_path_factory):
     t = np.arange(2 * sr) / sr
     f0 = float(mel_centres()[40])
     tone = (0.4 * np.sin(2 * np.pi * f0 * t) * (t >= 1.0)).astype(np.float32)
-    write_video_with_audio(d / 'tone.mp4', frames, fps=12, audio=np.stack([tone, tone]), sample_rate=sr)
-    write_video_with_audio(d / 'silent.mp4', frames, fps=12)
+    write_video(d / 'tone.mp4', frames, fps=12, audio=np.stack([tone, tone]), sample_rate=sr)
+    write_video(d / 'silent.mp4', frames, fps=12)
     (d / 'random.mp4').write_bytes(np.random.default_rng(0).bytes(4000))
     (d / 'empty.mp4').write_bytes(b'')
     data = (d / 'tone.mp4').read_bytes()
@@ -167,7 +167,7 @@ def test_read_audio_window_starts_with_good_samples(tmp_path):
     sr = 44_100
     t = np.arange(3 * sr) / sr
     x = (0.5 * np.sin(2 * np.pi * 180 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)) / 1.5).astype(np.float32)
-    write_video_with_audio(tmp_path / 'low.mp4', np.zeros((36, 16, 16, 3), np.uint8), fps=12, audio=x, sample_rate=sr)
+    write_video(tmp_path / 'low.mp4', np.zeros((36, 16, 16, 3), np.uint8), fps=12, audio=x, sample_rate=sr)
     full = read_audio(tmp_path / 'low.mp4')
     for s0 in (0.8, 1.33, 2.07):
         w = read_audio(tmp_path / 'low.mp4', start=s0, end=s0 + 0.3)
@@ -201,10 +201,10 @@ def test_fit_length():
     y = fit_length(x[:3], 6)
     assert y.tolist() == [0, 1, 2, 0, 0, 0]
 
-def test_write_video_with_audio_rejects_bad_input(tmp_path):
-    with pytest.raises(ValueError, match='uint8'): write_video_with_audio(tmp_path / 'x.mp4', np.zeros((2, 8, 8, 3)))
+def test_write_video_rejects_bad_input(tmp_path):
+    with pytest.raises(ValueError, match='uint8'): write_video(tmp_path / 'x.mp4', np.zeros((2, 8, 8, 3)))
     with pytest.raises(ValueError, match='audio'):
-        write_video_with_audio(tmp_path / 'x.mp4', np.zeros((2, 8, 8, 3), np.uint8), audio=np.zeros((3, 100)))
+        write_video(tmp_path / 'x.mp4', np.zeros((2, 8, 8, 3), np.uint8), audio=np.zeros((3, 100)))
 
 # --- boxes
 

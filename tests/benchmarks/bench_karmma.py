@@ -12,11 +12,16 @@ Two shapes:
 
 Each model runs all three modalities (extractors, Θ-Average, fusion, MLP) in eval mode under `torch.inference_mode`.
 
+It also prints what the teacher's token cache holds per clip and view (float16 tokens after Θ-Average), and what
+giving the teacher the student's exact clip costs per student step: with the clip's tokens cached, the teacher only
+runs its fusion block and MLP; on the fly (`views=0`, a new sampling every epoch), it runs its extractors too. The
+student step is forward, backward and an AdamW step on one clip.
+
     python tests/benchmarks/bench_karmma.py [--reps 20] [--paper-reps 1] [--threads N] [--device cpu] [--skip-paper]
 """
 import argparse, statistics, time
 import torch
-from m2df.karmma import KarmmaModel, make_karmma_config, parameter_count
+from m2df.karmma.model import KarmmaModel, karmma_loss, make_karmma_config, parameter_count
 
 
 def clip_inputs(cfg, mel=(64, 201), batch=1, device='cpu'):
@@ -45,11 +50,26 @@ def bench(dataset, scale, reps, device, **over):
         model = KarmmaModel(cfg).to(device).eval()
         x, present = clip_inputs(cfg, device=device)
         with torch.inference_mode():
-            tokens = {m: v.shape[1] for m, v in model.extract(x).items() if m != '_zero'}
+            tok = {m: v for m, v in model.extract(x).items() if m != '_zero'}
+            tokens = {m: v.shape[1] for m, v in tok.items()}
             best, med = timed(lambda: model(x, present), reps, device)
+            if role == 'teacher':
+                fusion_best, fusion_med = timed(lambda: model.classify(tok, present), reps, device)
+        if role == 'student':       # one training step: forward, backward, AdamW
+            model.train()
+            opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+            labels = {t: torch.zeros(1, dtype=torch.long, device=device) for t in cfg.targets}
+            t_logits = {t: torch.randn(1, n, device=device) for t, n in cfg.classes.items()}
+            def step():
+                out = model(x, present)
+                loss, _ = karmma_loss(cfg, out, labels, present, t_logits)
+                opt.zero_grad(); loss.backward(); opt.step()
+            step_best, step_med = timed(step, reps, device)
         rows[role] = dict(params=parameter_count(model), extractor_params=parameter_count(model.extractors),
-                          best=best, median=med, tokens=tokens,
+                          best=best, median=med, tokens=tokens, token_bytes=sum(2 * v.shape[1] * v.shape[2] for v in tok.values()),
                           extractors=f'{cfg.video_extractor} (V, F) + {cfg.audio_extractor} (A)', fusion=f'{cfg.fusion_dim}×{cfg.fusion_layers}')
+        if role == 'teacher': rows[role].update(fusion_median=fusion_med)
+        if role == 'student': rows[role].update(step_median=step_med)
         del model
     return rows
 
@@ -62,6 +82,11 @@ def report(name, rows, reps):
               f"params {r['params'] / 1e6:8.2f} M (extractors {r['extractor_params'] / 1e6:.2f} M)  "
               f"time/clip best {1e3 * r['best']:9.1f} ms  median {1e3 * r['median']:9.1f} ms")
     print(f"teacher / student: parameters {t['params'] / s['params']:.2f}x, time per clip {t['median'] / s['median']:.2f}x (median)")
+    print(f"teacher token cache: {t['token_bytes'] / 2 ** 20:.3f} MiB per clip and view (float16, after Θ-Average)")
+    cached, fly = s['step_median'] + t['fusion_median'], s['step_median'] + t['median']
+    print(f"student step with the teacher on the same clip: cached tokens {1e3 * cached:.1f} ms "
+          f"(student step {1e3 * s['step_median']:.1f} + teacher fusion {1e3 * t['fusion_median']:.1f}), "
+          f"on the fly {1e3 * fly:.1f} ms: {fly / cached:.2f}x")
 
 
 def main():
