@@ -11,9 +11,11 @@ Run by hand from the repository root (pytest never collects this file, and CI do
     python tests/mutate.py --focused -j 2 --timeout 900   # each break against its own test files, two at a time
     python tests/mutate.py --tests tests/test_protocol.py tests/test_distill.py
 
-For each break the script copies `m2df/` into a temporary folder, replaces one exact snippet of one module there, and runs
-`pytest -x` on the chosen tests with that copy first on the import path (`PYTHONPATH`, and the copy's folder as working
-directory). A break is KILLED when a test fails (or cannot even be collected), SURVIVED when the tests pass. A break whose
+When it starts, the script copies the repository's files (those git tracks or would track: package, tests, notebooks) into
+a snapshot, so that editing them during a run does not change that run. For each break it copies the snapshot into a
+temporary folder, replaces one exact snippet of one module of its `m2df/`, and runs `pytest -x` on the chosen tests of
+that copy, with the copy's folder as working directory and first on `PYTHONPATH` (checked: `import m2df` must resolve to
+the mutated copy). A break is KILLED when a test fails (or cannot even be collected), SURVIVED when the tests pass. A break whose
 snippet is no longer in the code is STALE (AMBIGUOUS when it occurs more than once): that is reported loudly and counts as a
 failure of the check, so that the list is kept up to date with the code. The unmutated copy is run first (the baseline):
 if it fails, every break would look killed, so the script stops. The exit status is 0 only when every break is killed.
@@ -269,9 +271,22 @@ class Result:
     tests: list = field(default_factory=list)
 
 
-def copy_package(dst: Path) -> Path:
-    shutil.copytree(REPO / 'm2df', dst / 'm2df', ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
-    return dst / 'm2df'
+def snapshot() -> Path:
+    "A copy of the repository's files (tracked, or untracked and not ignored) in a temporary folder."
+    dst = Path(tempfile.mkdtemp(prefix='m2df-mutate-snapshot-'))
+    try:
+        names = subprocess.run(['git', 'ls-files', '-z', '--cached', '--others', '--exclude-standard'], cwd=REPO,
+                               capture_output=True, check=True).stdout.decode().split('\0')
+    except (OSError, subprocess.CalledProcessError):     # not a git checkout: the folders the tests need
+        names = [str(p.relative_to(REPO)) for d in ('m2df', 'tests', 'nbs') for p in (REPO / d).rglob('*') if p.is_file()]
+        names += [p.name for p in REPO.iterdir() if p.is_file()]
+    for n in names:
+        src = REPO / n
+        if n and src.is_file() and '__pycache__' not in n:
+            (dst / n).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / n)
+    if not (dst / 'm2df' / '__init__.py').is_file(): sys.exit(f'no package m2df/ in {REPO}')
+    return dst
 
 
 def child_env(root: Path) -> dict:
@@ -289,10 +304,10 @@ def imported_from(root: Path) -> str:
 
 
 def run_pytest(root: Path, tests: list, timeout: float, extra: list) -> tuple:
-    "(pytest exit code or None on timeout, output) of `pytest -x tests` with the package copy at `root`."
+    "(pytest exit code or None on timeout, output) of `pytest -x tests` in the repository copy `root`."
     deselect = [a for s in SLOW if '::' in s for a in ('--deselect', s)]
-    cmd = [sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider', f'--basetemp={root / "pytest"}',
-           f'--rootdir={REPO}', *deselect, *extra, *[str(REPO / t) if not Path(t).is_absolute() else t for t in tests]]
+    cmd = [sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider', f'--basetemp={root.parent / "pytest"}',
+           f'--rootdir={root}', *deselect, *extra, *tests]
     p = subprocess.Popen(cmd, cwd=root, env=child_env(root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          start_new_session=True)   # its own process group: a timeout ends pytest and its children
     try:
@@ -311,13 +326,15 @@ def first_failure(output: str) -> str:
     return m.group(0)[:300] if m else output.strip().splitlines()[-1][:300] if output.strip() else ''
 
 
-def run_break(b: Break | None, tests: list, timeout: float, extra: list, keep: bool) -> Result:
-    "Apply `b` (None: the baseline) to a fresh copy of the package and run the tests on it."
+def run_break(b: Break | None, snap: Path, tests: list, timeout: float, extra: list, keep: bool) -> Result:
+    "Apply `b` (None: the baseline) to a fresh copy of the snapshot `snap` and run the tests there."
     name = b.name if b else 'baseline'
-    root = Path(tempfile.mkdtemp(prefix=f'm2df-mutant-{name}-'))
+    work = Path(tempfile.mkdtemp(prefix=f'm2df-mutant-{name}-'))
+    root = work / 'repo'
     t0 = time.time()
     try:
-        pkg = copy_package(root)
+        shutil.copytree(snap, root)
+        pkg = root / 'm2df'
         if b is not None:
             f = pkg / b.file
             if not f.exists(): return Result(name, 'STALE', 0., f'm2df/{b.file} does not exist', tests)
@@ -336,8 +353,17 @@ def run_break(b: Break | None, tests: list, timeout: float, extra: list, keep: b
         if code in (1, 2): return Result(name, 'KILLED', dt, first_failure(out) + (' (collection)' if code == 2 else ''), tests)
         return Result(name, 'ERROR', dt, f'pytest exit code {code}: {first_failure(out)}', tests)
     finally:
-        if keep: print(f'  kept {root}', flush=True)
-        else: shutil.rmtree(root, ignore_errors=True)
+        if keep: print(f'  kept {work}', flush=True)
+        else: shutil.rmtree(work, ignore_errors=True)
+
+
+def in_copy(t: str) -> str:
+    "A test file or node id as a path relative to the repository (the copy runs its own tests)."
+    path, sep, node = t.partition('::')
+    p = Path(path).resolve()
+    try: path = str(p.relative_to(REPO))
+    except ValueError: sys.exit(f'--tests {t}: not inside the repository {REPO}')
+    return path + sep + node
 
 
 def default_tests() -> list:
@@ -382,25 +408,30 @@ def main(argv=None) -> int:
         return 1 if bad else 0
 
     extra = a.pytest_args.split()
-    selection = lambda b: list(a.tests) if a.tests else (list(b.tests) if a.focused and b.tests else default_tests())
+    snap = snapshot()
+    selection = lambda b: [in_copy(t) for t in a.tests] if a.tests else (list(b.tests) if a.focused and b.tests else default_tests())
     if not a.no_baseline:
         union = list(dict.fromkeys(t for b in chosen for t in selection(b)))
         print(f'baseline: the unmutated package against {len(union)} test file(s) ...', flush=True)
-        r = run_break(None, union, a.timeout * 2, extra, a.keep)
+        r = run_break(None, snap, union, a.timeout * 2, extra, a.keep)
         print(f'baseline: {"passed" if r.status == "SURVIVED" else r.status + ": " + r.detail} ({r.seconds:.0f} s)', flush=True)
         if r.status != 'SURVIVED':
+            shutil.rmtree(snap, ignore_errors=True)
             print('the tests fail without any break: fix that first (or pass --no-baseline)'); return 2
 
     print(f'{len(chosen)} break(s), {a.jobs} at a time, timeout {a.timeout:.0f} s each', flush=True)
     results, lock = [], threading.Lock()
     def one(b):
-        r = run_break(b, selection(b), a.timeout, extra, a.keep)
+        r = run_break(b, snap, selection(b), a.timeout, extra, a.keep)
         with lock:
             results.append(r)
             loud = '!!! ' if r.status != 'KILLED' else ''
             print(f'[{len(results)}/{len(chosen)}] {loud}{r.status:9s} {b.name:34s} {r.seconds:6.0f} s  {r.detail}', flush=True)
         return r
-    with cf.ThreadPoolExecutor(max_workers=max(1, a.jobs)) as ex: list(ex.map(one, chosen))
+    try:
+        with cf.ThreadPoolExecutor(max_workers=max(1, a.jobs)) as ex: list(ex.map(one, chosen))
+    finally:
+        shutil.rmtree(snap, ignore_errors=True)
 
     order = {b.name: i for i, b in enumerate(chosen)}
     results.sort(key=lambda r: order[r.name])
