@@ -172,6 +172,13 @@ BREAKS = [
     B('fusion_depth_ignored', 'model.py', 'cfg.fusion_ffn, cfg.fusion_depth,', 'cfg.fusion_ffn, 1,',
       'fusion_depth ignored by the model', ('switch',), (P, 'tests/test_fusion.py', 'tests/test_artifacts.py')),
 
+    B('fusion_heads_ignored', 'model.py', 'MultiModalFusionEncoder(D, cfg.fusion_heads,', 'MultiModalFusionEncoder(D, 8,',
+      'fusion_heads ignored by the model (the synthetic preset sets 4)', ('switch',), (P, 'tests/test_fusion.py')),
+    B('fusion_ffn_ignored', 'model.py', 'cfg.fusion_heads, cfg.fusion_ffn,', 'cfg.fusion_heads, 2048,',
+      'fusion_ffn ignored by the model (the synthetic preset sets 256)', ('switch',), (P, 'tests/test_fusion.py')),
+    B('crop_ignored', 'episodes.py', 'resize=cfg.resize, crop=cfg.crop,', 'resize=cfg.resize, crop=cfg.resize,',
+      'crop ignored: clips are not cropped to the configured side', ('switch',), (P, 'tests/test_video.py')),
+
     # ---- the presets themselves
     B('preset_no_pps_empty', 'config.py', "'no_pps': dict(use_pps=False),", "'no_pps': dict(),",
       'the no_pps ablation keeps PPS', ('preset',), CONFIG),

@@ -465,9 +465,11 @@ def test_presets_set_what_their_names_say():
         t = clip_transform(make_config(bench), train=True)
         assert t.flip == (bench in ('ucf101', 'hmdb51', 'kinetics100')), bench
         assert t.normalize and not clip_transform(make_config(bench, 'reference'), train=True).normalize
+    t = clip_transform(tiny(resize=72, crop=48), train=False)
+    assert (t.resize, t.crop) == (72, 48)
 
 
-def test_frozen_backbone_and_fusion_depth_reach_the_model():
+def test_frozen_backbone_and_fusion_size_reach_the_model(head):
     m = M2DF(tiny())
     visual = [p.requires_grad for n, p in m.backbone.named_parameters() if '.visual.' in f'.{n}']
     assert visual and all(visual)
@@ -476,6 +478,15 @@ def test_frozen_backbone_and_fusion_depth_reach_the_model():
     count = lambda mod: sum(p.numel() for p in mod.parameters())
     deep = M2DF(tiny(fusion_depth=2))
     assert count(deep.fusion['local']) == 2 * count(m.fusion['local'])
+    D, ffn = m.dim, m.cfg.fusion_ffn
+    wide = M2DF(tiny(fusion_ffn=ffn + 32))    # D→ffn→D: 32 more hidden units add 2·32·D weights and 32 biases
+    assert count(wide.fusion['local']) - count(m.fusion['local']) == 2 * 32 * D + 32
+    # heads: the same weights split into another number of heads give other outputs
+    assert head.cfg.fusion_heads == 4
+    fs, fq, ys, yq, text = random_episode(head, query=1, seed=5)
+    other = with_cfg(head, fusion_heads=8).eval()(fs, fq, ys, text)
+    assert (head.eval()(fs, fq, ys, text)['logits'] - other['logits']).abs().max() > 1e-4
+    for v in ('local', 'global'): assert head.fusion[v].heads == 4 and M2DF(tiny(fusion_heads=8)).fusion[v].heads == 8
 
 
 # ---------------------------------------------------------------- 6. episodes follow the seed, the rank and augmentation
@@ -528,3 +539,25 @@ def test_best_validation_checkpoint_is_kept_and_tested(tmp_path, monkeypatch):
     assert [s for s, _ in seen] == ['val', 'val', 'val', 'test']
     assert seen[-1][1] == val_digests[1], 'the test split must be scored with the best validation weights'
     assert res['test']['accuracy'] == 33.
+
+
+# ---------------------------------------------------------------- 8. evaluation scores the argmax of the logits
+
+class Oracle(M2DF):
+    "The tiny model with rigged logits: +1 (or −1 with sign −1) for each query's true class, known from the class-major order."
+    sign = 1.
+    def forward(self, support, query, support_labels, class_text):
+        way = len(class_text)
+        y = torch.arange(way).repeat_interleave(len(query) // way)
+        return dict(logits=self.sign * F.one_hot(y, way).float())
+
+
+def test_evaluation_scores_the_argmax_class():
+    cfg = tiny(eval_query=2)
+    torch.manual_seed(0)
+    right = Oracle(cfg)
+    r = L.evaluate(right, cfg, 'val', n_episodes=2)
+    assert r['accuracy'] == 100. and r['episode_accuracy'] == [1., 1.] and set(r['per_class'].values()) == {100.}
+    wrong = Oracle(cfg); wrong.sign = -1.
+    r = L.evaluate(wrong, cfg, 'val', n_episodes=2)
+    assert r['accuracy'] == 0. and set(r['per_class'].values()) == {0.}
