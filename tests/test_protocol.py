@@ -162,7 +162,7 @@ def clipped(grads: dict, max_norm) -> dict:
 def test_training_steps_follow_the_hand_accumulated_gradient(tmp_path, lam, grad_clip):
     """Two optimiser steps of 2 episodes each: the gradient each step applies is the mean over its episodes of the
     gradient of CE_sum + λ·MVMD (computed here from the model's outputs, not through `m2df_loss`), clipped when asked,
-    and λ changes it."""
+    and λ changes it; after the first step the weights are those of one Adam step with that gradient."""
     cfg = tiny(lam=lam, accumulation=2, query=2, grad_clip=grad_clip, **DETERMINISTIC)
     lr = Learner(cfg, tmp_path / 'run', progress=False)
     names = lr.split.class_names
@@ -175,8 +175,19 @@ def test_training_steps_follow_the_hand_accumulated_gradient(tmp_path, lam, grad
         unclipped, losses = hand_step(lr.model, eps, lam, names)
         want = clipped(unclipped, grad_clip)
         if grad_clip: assert torch.sqrt(sum(g.pow(2).sum() for g in unclipped.values())) > 2 * grad_clip   # it does clip
+        before = {n: p.detach().clone() for n, p in lr.model.named_parameters()}
         tot = lr.train_step(eps)
         assert len(seen) == s + 1, 'one optimiser step per train_step'
+        if s == 0:   # the weights: Adam's first step moves each weight by lr·g/(|g| + ε), i.e. lr·sign(g) where |g| ≫ ε
+            scale = max(float(g.abs().max()) for g in want.values())
+            moved = 0
+            for n, p in lr.model.named_parameters():
+                if n not in want: assert torch.equal(p, before[n]), f'{n} has no gradient but moved'; continue
+                big = want[n].abs() > 1e-2 * scale          # well above the gradient tolerance: the sign is certain
+                torch.testing.assert_close((before[n] - p.detach())[big], cfg.lr * want[n][big].sign(), rtol=0, atol=1e-6,
+                                           msg=lambda m: f'{n} after one step of the hand-accumulated gradient: {m}')
+                moved += int(big.sum())
+            assert moved > 100
         assert seen[s]['lr'] == cfg.lr
         got = seen[s]['grads']
         assert_same_grads(got, want, f'step {s + 1}, lambda {lam}')
