@@ -4,13 +4,15 @@
 
 # %% ../nbs/00_config.ipynb #8f10abae
 from __future__ import annotations
-import dataclasses, hashlib, json
+import dataclasses, functools, hashlib, json, math, numbers, typing
 from dataclasses import dataclass, field, asdict, fields
 from typing import Any, Optional
+import numpy as np
 
 # %% auto #0
 __all__ = ['VIEWS', 'PPS_MODES', 'DISTILL_CONDITIONS', 'DISTILL_DIRECTIONS', 'TEXT_TOKENS', 'MATCHINGS', 'METHOD_PRESETS',
-           'BENCHMARK_PRESETS', 'M2DFConfig', 'make_config']
+           'BENCHMARK_PRESETS', 'M2DFConfig', 'ConfigError', 'coerce_value', 'field_types', 'coerce_fields',
+           'make_config']
 
 # %% ../nbs/00_config.ipynb #d6630cb4
 VIEWS = ('local', 'global', 'raw')           # LTCE view, GTCE view, plain CLIP frames (baseline)
@@ -23,8 +25,8 @@ MATCHINGS = ('otam', 'mean_cos')
 # %% ../nbs/00_config.ipynb #12364d60
 @dataclass
 class M2DFConfig:
-    "Every switch of CLIP-M²DF (DESIGN §2), of its data (§3) and of its training protocol (§4)."
-    # --- data (DESIGN §3)
+    "Every switch of CLIP-M²DF, of its data pipeline and of its training protocol; typed, and checked when built."
+    # --- data
     dataset: str = 'synthetic'            # benchmark: synthetic, ucf101, hmdb51, kinetics100, ssv2_small, ssv2_full
     data_root: Optional[str] = None       # folder of class folders of videos; synthetic: generated into a cache if None
     splits_dir: Optional[str] = None      # folder holding train/val/test lists; None: the package's checksummed cache
@@ -38,44 +40,44 @@ class M2DFConfig:
     query: int = 5                        # Q query videos per class in training
     eval_query: int = 1                   # Q query videos per class in evaluation
     num_workers: int = 0                  # DataLoader worker processes
-    # --- encoders (§2.1)
+    # --- encoders
     backbone: str = 'RN50'                # any open_clip model name (RN50 and ViT-B-16 reproduce the paper)
     pretrained: Optional[str] = 'openai'  # open_clip pretrained tag, a local checkpoint path, or None (random init)
     freeze_backbone: bool = False         # False: fine-tune the visual encoder end to end (as the authors)
     prompt_template: str = 'a photo of {}'  # text prompt for class names
-    # --- Probability Prompt Selector (§2.2)
+    # --- Probability Prompt Selector
     use_pps: bool = True                  # False: zero prompt (ablation)
     pps_topk: int = 4                     # k frames whose similarities are averaged
     pps_tau: float = 200.                 # softmax temperature
     pps_train_mode: str = 'sample'        # expectation | sample | argmax, in training
     pps_eval_mode: str = 'expectation'    # the same, in evaluation (the authors' code samples)
-    # --- views (§2.3, §2.4)
+    # --- views
     views: tuple = ('local', 'global')    # local (LTCE), global (GTCE); ('raw',) for the CLIP-FSAR-style baseline
     gtce_dilations: tuple = (1, 2, 4)     # one residual TCN block per dilation
     gtce_kernel: int = 3                  # TCN kernel size
     gtce_dropout: float = 0.1             # TCN dropout
-    # --- Multi-modal Fusion Encoder (§2.5)
+    # --- Multi-modal Fusion Encoder
     fusion_depth: int = 1                 # cross block then (depth-1) self-attention blocks
     fusion_heads: int = 8                 # attention heads (head width D / heads)
     fusion_ffn: int = 2048                # feed-forward hidden width
     fusion_attn_dropout: float = 0.2      # dropout on the attention output projection
     fusion_ffn_dropout: float = 0.05      # dropout in the feed-forward
-    # --- matching and multi-view fusion (§2.6)
+    # --- matching and multi-view fusion
     matching: str = 'otam'                # otam | mean_cos (non-temporal baseline)
     otam_lambda: float = 0.5              # soft-min smoothing of OTAM
     otam_bidirectional: bool = True       # OTAM(q→c) + OTAM(c→q)
     otam_variant: str = 'paper'           # paper | reference (the authors' OTAM_cum_dist: three-term rule on the first real column)
     logit_scale: float = 1.               # logits = -scale * (sum of the views' distances)
-    # --- Multi-view Mutual Distillation (§2.7)
+    # --- Multi-view Mutual Distillation
     distill: bool = True                  # False: no MVMD loss (ablation)
     distill_condition: str = 'tv'         # tv | t | v | none
     distill_direction: str = 'both'       # both | l2g | g2l
     detach_teacher: bool = True           # stop gradients into the teacher view (the authors' code does not)
     text_token: str = 'prompt'            # prompt | first_frame (the authors' code)
-    # --- loss (§2.8)
+    # --- loss
     lam: float = 1.                       # λ, weight of the distillation loss
     lam_vt: float = 0.                    # weight of the auxiliary CLIP-FSAR video-text loss
-    # --- training and evaluation (§4)
+    # --- training and evaluation
     lr: float = 1e-5                      # Adam learning rate (constant by default)
     schedule: str = 'constant'            # constant | cosine
     episodes: int = 10_000                # training episodes
@@ -96,11 +98,10 @@ class M2DFConfig:
     def __post_init__(self): self.validate()
 
     def validate(self):
-        "Raise a ValueError naming the first field that holds an impossible value."
-        self.views = tuple(self.views.split(',')) if isinstance(self.views, str) else tuple(self.views)
-        self.gtce_dilations = tuple(int(d) for d in (self.gtce_dilations.split(',') if isinstance(self.gtce_dilations, str) else self.gtce_dilations))
-        def need(ok, name, msg): 
-            if not ok: raise ValueError(f'config field {name!r} = {getattr(self, name)!r}: {msg}')
+        "Coerce every field to its annotated type, then raise a `ConfigError` naming the first field that holds an impossible value."
+        coerce_fields(self)
+        def need(ok, name, msg):
+            if not ok: raise ConfigError(f'config field {name!r} = {getattr(self, name)!r}: {msg}')
         for v in self.views: need(v in VIEWS, 'views', f'unknown view {v!r}, choose from {VIEWS}')
         need(len(self.views) > 0 and len(set(self.views)) == len(self.views), 'views', 'give one or more distinct views')
         need(self.pps_train_mode in PPS_MODES, 'pps_train_mode', f'choose from {PPS_MODES}')
@@ -135,7 +136,7 @@ class M2DFConfig:
         "Build from a dict (a run record, papermill parameters); unknown keys are an error."
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
-        if unknown: raise ValueError(f'unknown config field(s) {unknown}; known: {sorted(names)}')
+        if unknown: raise ConfigError(f'unknown config field(s) {unknown}; known: {sorted(names)}')
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
 
     def replace(self, **kw) -> 'M2DFConfig': return M2DFConfig.from_dict({**self.to_dict(), **kw})
@@ -145,6 +146,69 @@ class M2DFConfig:
         d = self.to_dict()
         if keys is not None: d = {k: d[k] for k in keys}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+# %% ../nbs/00_config.ipynb #9790f63f
+class ConfigError(ValueError):
+    "A config field holds a value of the wrong type or an impossible one; the one-line message names the field."
+
+_NONE_WORDS = ('none', 'null')   # strings that mean None for an Optional field (command line, papermill -r)
+
+def _fail(name, value, what): raise ConfigError(f'config field {name!r} = {value!r}: {what}')
+
+def coerce_value(name:str,      # field name, for the message
+                 value,         # the value given (Python object, or a string from the command line)
+                 tp,            # the field's annotated type (int, float, bool, str, tuple, Optional[...])
+                 default=None): # the field's default (a tuple default gives the type of a tuple's items)
+    "`value` as type `tp`, or a `ConfigError` naming the field: strict booleans, finite numbers, comma lists for tuples."
+    if typing.get_origin(tp) is typing.Union:
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS): return None
+        return coerce_value(name, value, inner[0], default) if len(inner) == 1 else value
+    if value is None: _fail(name, value, f'expected {_TYPE_WORDS.get(tp, tp)}, not None')
+    if tp is bool:
+        if isinstance(value, (bool, np.bool_)): return bool(value)
+        if isinstance(value, str) and value.strip().lower() in ('true', 'false'): return value.strip().lower() == 'true'
+        _fail(name, value, 'expected true or false')
+    if tp is int:
+        if isinstance(value, (bool, np.bool_)): _fail(name, value, 'expected an integer, not a boolean')
+        if isinstance(value, numbers.Integral): return int(value)
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer(): return int(value)
+        if isinstance(value, str):
+            try: return int(value.strip())
+            except ValueError: pass
+        _fail(name, value, 'expected an integer')
+    if tp is float:
+        if isinstance(value, (bool, np.bool_)): _fail(name, value, 'expected a number, not a boolean')
+        v = value
+        if isinstance(v, str):
+            try: v = float(v.strip())
+            except ValueError: _fail(name, value, 'expected a number')
+        if not isinstance(v, numbers.Real): _fail(name, value, 'expected a number')
+        if not math.isfinite(float(v)): _fail(name, value, 'must be a finite number')
+        return float(v)
+    if tp is str:
+        if not isinstance(value, str): _fail(name, value, 'expected a string')
+        return value
+    if tp is tuple or typing.get_origin(tp) is tuple:
+        items = [s.strip() for s in value.split(',')] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)): _fail(name, value, 'expected a comma-separated list')
+        item_tp = type(default[0]) if isinstance(default, tuple) and default else None
+        return tuple(coerce_value(name, v, item_tp) if item_tp in (int, float, bool, str) else v for v in items)
+    return value
+
+_TYPE_WORDS = {int: 'an integer', float: 'a number', bool: 'true or false', str: 'a string', tuple: 'a list'}
+
+@functools.lru_cache(maxsize=None)
+def field_types(cls) -> dict:
+    "{field name: (annotated type, default)} of the dataclass `cls`, resolved from its annotations."
+    hints = typing.get_type_hints(cls)
+    return {f.name: (hints[f.name], f.default if f.default is not dataclasses.MISSING else None) for f in fields(cls)}
+
+def coerce_fields(cfg):
+    "Set every field of the dataclass instance `cfg` to its value coerced to the field's annotated type."
+    for name, (tp, default) in field_types(type(cfg)).items():
+        setattr(cfg, name, coerce_value(name, getattr(cfg, name), tp, default))
+    return cfg
 
 # %% ../nbs/00_config.ipynb #5b34343b
 METHOD_PRESETS = {
