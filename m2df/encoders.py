@@ -16,7 +16,8 @@ from .config import M2DFConfig
 
 # %% auto #0
 __all__ = ['TINY_CONFIGS', 'register_tiny_configs', 'PretrainedWeightsMissing', 'find_cached_weights', 'is_torchscript_archive',
-           'load_clip_model', 'CLIPBackbone', 'ClassTextCache']
+           'NotAWeightsFile', 'read_weights', 'network_unavailable', 'load_clip_model', 'CLIPBackbone',
+           'ClassTextCache']
 
 # %% ../nbs/05_encoders.ipynb #ace8aa1c
 _TEXT_TINY = dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2)
@@ -42,7 +43,7 @@ def register_tiny_configs() -> tuple:
 
 # %% ../nbs/05_encoders.ipynb #92277ea6
 class PretrainedWeightsMissing(FileNotFoundError):
-    "The weights of an open_clip pretrained tag are not in the local cache (and downloading is off)."
+    "The weights of an open_clip pretrained tag are not in the local cache and cannot be downloaded now."
 
 def _hf_cache() -> str:
     "The Hugging Face hub cache folder in use (honours HF_HUB_CACHE and HF_HOME)."
@@ -87,8 +88,8 @@ def _missing_message(name, tag, cache_dir):
                        else f'  - {f} in {folder} (download URL {src})' for kind, src, f, folder in _tag_files(cfg, cache_dir))
     sources = [f'https://huggingface.co/{src}' for kind, src, _, _ in _tag_files(cfg, cache_dir) if kind == 'hf'][:1] + \
               [src for kind, src, _, _ in _tag_files(cfg, cache_dir) if kind == 'url']
-    return (f"open_clip weights for model {name!r}, pretrained tag {tag!r}, are not in the local cache, and m2df does not "
-            f"download at run time (no network). Looked for:\n{looked}\n"
+    return (f"open_clip weights for model {name!r}, pretrained tag {tag!r}, are not in the local cache and cannot be "
+            f"downloaded here (no network, or downloads are off). Looked for:\n{looked}\n"
             f"Provide them in one of these ways:\n"
             f"  1. fill the cache on a machine with network: python -c \"import open_clip; "
             f"open_clip.create_model({name!r}, pretrained={tag!r})\" and copy the cache over (the Hugging Face cache "
@@ -96,7 +97,8 @@ def _missing_message(name, tag, cache_dir):
             f"cache_dir=...);\n"
             f"  2. download the file yourself ({' or '.join(sources)}) and pass pretrained='<path to the .pt/.bin/.safetensors "
             f"file>' (config field `pretrained`);\n"
-            f"  3. allow open_clip to download: download=True or the environment variable M2DF_DOWNLOAD=1.")
+            f"  3. run where the download host answers: a missing tag is then downloaded into the caches above, as open_clip "
+            f"does (M2DF_DOWNLOAD=1 skips the connection check, M2DF_DOWNLOAD=0 or HF_HUB_OFFLINE=1 forbid downloading).")
 
 # %% ../nbs/05_encoders.ipynb #caeb0b22
 @contextlib.contextmanager
@@ -127,37 +129,105 @@ def _tag_of_file(name:str, path:str) -> dict:
     return {}
 
 def is_torchscript_archive(path:str) -> bool:
-    "True when `path` is a TorchScript archive (the format of OpenAI's original CLIP `.pt` files)."
+    "True when the zip `path` has the entries of a TorchScript archive (`code/`, `constants.pkl`); read from the zip index only."
     if not zipfile.is_zipfile(path): return False
-    with zipfile.ZipFile(path) as z: return any('/code/' in n for n in z.namelist())
+    with zipfile.ZipFile(path) as z: return any('/code/' in n or n.endswith('/constants.pkl') for n in z.namelist())
+
+class NotAWeightsFile(ValueError):
+    "A `pretrained` file that is not a state dict of tensors (or that could only be read by running code)."
+
+def read_weights(path:str) -> dict:
+    "The state dict {name: tensor} in `path` (.safetensors, or a torch.save file read with `weights_only=True`); never runs code."
+    def refuse(why): raise NotAWeightsFile(f'not a weights file: {path} ({why})')
+    if str(path).endswith('.safetensors'):
+        from safetensors.torch import load_file
+        try: sd = load_file(path, device='cpu')
+        except Exception as e: refuse(f'safetensors cannot read it: {type(e).__name__}: {str(e)[:200]}')
+    elif is_torchscript_archive(path):   # checked first: torch.load hands such a zip to torch.jit.load, even with weights_only
+        refuse("a TorchScript archive, like OpenAI's original CLIP downloads: m2df reads weights only as tensors, "
+               "because loading TorchScript or a full pickle can run code. Use pretrained='openai' (the Hugging Face "
+               "safetensors copy), or, for a file you trust, convert it once: python -c \"import torch; "
+               f"torch.save(torch.jit.load({str(path)!r}, map_location='cpu').state_dict(), 'weights.pt')\" and pass "
+               "pretrained='weights.pt' with backbone='<model>-quickgelu' (OpenAI's models use QuickGELU)")
+    else:
+        try: sd = torch.load(path, map_location='cpu', weights_only=True)
+        except Exception as e:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
+            refuse(f'torch.load with weights_only=True: {type(e).__name__}: {first}')
+    if isinstance(sd, dict) and isinstance(sd.get('state_dict'), dict): sd = sd['state_dict']
+    if not isinstance(sd, dict) or not sd:
+        refuse(f'it holds {"an empty dict" if isinstance(sd, dict) else "a " + type(sd).__name__}, not a state dict of tensors')
+    bad = [k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad: refuse(f'{len(bad)} of its {len(sd)} entries are not named tensors, e.g. {bad[0]!r}')
+    if all(k.startswith('module.') for k in sd): sd = {k[len('module.'):]: v for k, v in sd.items()}
+    return sd
+
+def _load_weights_into(model:nn.Module, sd:dict):
+    "Load the state dict `sd` into the open_clip `model` (strict), with open_clip's own renaming and resizing of old layouts."
+    from open_clip.factory import convert_state_dict, resize_pos_embed, resize_text_pos_embed
+    from open_clip.model import convert_to_custom_text_state_dict
+    sd = convert_state_dict(model, dict(sd))
+    if 'positional_embedding' in sd and not hasattr(model, 'positional_embedding'): sd = convert_to_custom_text_state_dict(sd)
+    if 'logit_scale' in sd and model.logit_scale.ndim != sd['logit_scale'].ndim:
+        sd['logit_scale'] = sd['logit_scale'].reshape(model.logit_scale.shape)
+    if getattr(model, 'logit_bias', None) is not None and 'logit_bias' not in sd:
+        sd['logit_bias'] = torch.zeros_like(model.logit_bias)
+    resize_pos_embed(sd, model); resize_text_pos_embed(sd, model)
+    model.load_state_dict(sd, strict=True)
 
 def _preprocess_of(tag_cfg:dict) -> dict:
     "The preprocessing fields (mean, std, ...) a pretrained config sets."
     return {k: tag_cfg[k] for k in ('mean', 'std', 'interpolation', 'resize_mode') if k in tag_cfg}
 
+def _download_host(tag_cfg:dict) -> tuple:
+    "(host, port) that open_clip would download `tag_cfg`'s file from (the Hugging Face endpoint first, as open_clip does)."
+    from urllib.parse import urlsplit
+    from huggingface_hub import constants
+    u = urlsplit(constants.ENDPOINT if tag_cfg.get('hf_hub') else tag_cfg.get('url', ''))
+    return u.hostname or '', u.port or (80 if u.scheme == 'http' else 443)
+
+def network_unavailable(tag_cfg:dict, timeout:Optional[float]=None) -> Optional[str]:
+    "Why the weights of `tag_cfg` cannot be downloaded now (offline mode, M2DF_DOWNLOAD=0, host unreachable), or None."
+    import socket
+    from huggingface_hub import constants
+    if os.environ.get('M2DF_DOWNLOAD', '').lower() in ('0', 'false', 'no'): return 'M2DF_DOWNLOAD=0 forbids downloads'
+    if tag_cfg.get('hf_hub') and (constants.HF_HUB_OFFLINE or os.environ.get('HF_HUB_OFFLINE', '').lower() in ('1', 'true', 'yes')):
+        return 'HF_HUB_OFFLINE is set'
+    host, port = _download_host(tag_cfg)
+    if not host: return 'the tag names no download source'
+    timeout = float(os.environ.get('M2DF_NET_TIMEOUT', 3)) if timeout is None else timeout
+    try:
+        with socket.create_connection((host, port), timeout=timeout): return None
+    except OSError as e: return f'{host}:{port} is unreachable ({type(e).__name__}: {e or "timed out"})'
+
 def load_clip_model(name:str,                          # open_clip model name ('RN50', 'ViT-B-16', 'm2df-tiny-vit', ...)
                     pretrained:Optional[str]=None,     # None (random init), a pretrained tag ('openai'), or a checkpoint file
                     cache_dir:Optional[str]=None,      # open_clip's cache_dir (None: HF hub cache and ~/.cache/clip)
                     quick_gelu:Optional[bool]=None,    # force QuickGELU; None: from the tag (or the file's tag)
-                    download:Optional[bool]=None,      # let open_clip download a missing tag; None: env M2DF_DOWNLOAD
+                    download:Optional[bool]=None,      # download a missing tag: None when the host answers; False never; True always
                    ) -> nn.Module:
-    "An open_clip CLIP model with the requested weights, built without network access unless `download`."
+    "An open_clip CLIP model with the requested weights; a tag missing from the cache is downloaded only when the network is there."
     register_tiny_configs()
     _check_model_name(name)
-    if download is None: download = os.environ.get('M2DF_DOWNLOAD', '').lower() in ('1', 'true', 'yes')
+    if download is None and os.environ.get('M2DF_DOWNLOAD', '').lower() in ('1', 'true', 'yes'): download = True
     pretrained = None if pretrained in (None, '') else str(pretrained)
     tag_cfg, path = {}, None
     if pretrained is None or name.startswith('local-dir:'): pass
     elif os.path.isfile(pretrained):
         path, tag_cfg = pretrained, _tag_of_file(name, pretrained)
-        if not tag_cfg and is_torchscript_archive(path): tag_cfg = dict(quick_gelu=True)   # OpenAI's own format
     elif os.path.isdir(pretrained):
         found = sorted(p.name for p in Path(pretrained).iterdir() if p.suffix in ('.pt', '.pth', '.bin', '.safetensors'))
         raise ValueError(f'pretrained={pretrained!r} is a folder; give the checkpoint file itself (found there: {found})')
     elif oc_pretrained.get_pretrained_cfg(name, pretrained):
         tag_cfg = oc_pretrained.get_pretrained_cfg(name, pretrained)
         path = find_cached_weights(name, pretrained, cache_dir)
-        if path is None and not download: raise PretrainedWeightsMissing(_missing_message(name, pretrained, cache_dir))
+        if path is None:
+            why = 'download=False' if download is False else None if download else network_unavailable(tag_cfg)
+            if why: raise PretrainedWeightsMissing(_missing_message(name, pretrained, cache_dir) + f'\n(No download: {why}.)')
+            try: path = oc_pretrained.download_pretrained(tag_cfg, cache_dir=cache_dir)
+            except Exception as e:
+                raise PretrainedWeightsMissing(_missing_message(name, pretrained, cache_dir)
+                                               + f'\n(The download failed: {type(e).__name__}: {str(e)[:300]})') from e
     elif os.sep in pretrained or Path(pretrained).suffix in ('.pt', '.pth', '.bin', '.safetensors', '.npz'):
         raise FileNotFoundError(f'pretrained checkpoint file not found: {pretrained!r} (config field `pretrained`)')
     else:
@@ -166,12 +236,12 @@ def load_clip_model(name:str,                          # open_clip model name ('
     qg = bool(tag_cfg.get('quick_gelu', False)) if quick_gelu is None else quick_gelu
     kw = dict(force_quick_gelu=qg, force_preprocess_cfg=_preprocess_of(tag_cfg) or None, cache_dir=cache_dir)
     if quick_gelu is False: kw['quick_gelu'] = False      # an explicit False overrides a *-quickgelu config too
-    if path is None and pretrained is not None and not name.startswith('local-dir:'):   # download allowed
-        return open_clip.create_model(name, pretrained=pretrained, **kw).float()
     with _quiet_random_init(): model = open_clip.create_model(name, pretrained=None, **kw)
-    if path is not None:
-        # TorchScript archives cannot be read with weights_only=True; torch.load hands them to torch.jit.load
-        try: open_clip.factory.load_checkpoint(model, path, strict=True, weights_only=not is_torchscript_archive(path))
+    if path is not None and Path(path).suffix in ('.npz', '.npy'):     # big_vision numpy weights (read without pickle)
+        open_clip.factory.load_checkpoint(model, path)
+    elif path is not None:
+        sd = read_weights(path)
+        try: _load_weights_into(model, sd)
         except Exception as e:
             first = str(e).strip().splitlines()
             raise ValueError(f'checkpoint {path!r} does not fit open_clip model {name!r}: '
@@ -267,6 +337,8 @@ class ClassTextCache:
         todo = list(dict.fromkeys(k for k in keys if k not in self.rows))
         if todo:
             self.rows = {k: v for k, v in self.rows.items() if k[2] == state}   # drop rows of older weights
-            emb = self.backbone.encode_text([template.format(n) for n, _, _ in todo])
+            # one prompt per pass: a row must not depend on which other names happened to be missing with it (batched
+            # matrix products round differently with the batch size, which made a resumed run drift from a straight one)
+            emb = torch.cat([self.backbone.encode_text([template.format(n)]) for n, _, _ in todo])
             self.rows.update(zip(todo, emb)); self.n_encoded += len(todo)
         return torch.stack([self.rows[k] for k in keys])
