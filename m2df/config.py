@@ -176,6 +176,9 @@ def coerce_value(name:str,      # field name, for the message
         if isinstance(value, str):
             try: return int(value.strip())
             except ValueError: pass
+            try: f = float(value.strip())                  # '1e4' on a command line
+            except ValueError: f = None
+            if f is not None and math.isfinite(f) and f.is_integer(): return int(f)
         _fail(name, value, 'expected an integer')
     if tp is float:
         if isinstance(value, (bool, np.bool_)): _fail(name, value, 'expected a number, not a boolean')
