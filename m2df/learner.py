@@ -55,8 +55,8 @@ def truncate_logs(run: RunDir, step: int):
             head = line.split(',', 1)[0]
             return line.endswith('\n') and head.isdigit() and int(head) <= step
         rows = [l for l in lines[1:] if kept(l)]
-        if rows: atomic_write_text(m, ''.join(lines[:1] + rows))
-        else: m.unlink()
+        if not rows: m.unlink()
+        elif len(rows) < len(lines) - 1: atomic_write_text(m, ''.join(lines[:1] + rows))   # untouched when nothing is dropped
     v = run.path / 'val.jsonl'
     if v.exists():
         recs = []
@@ -64,7 +64,7 @@ def truncate_logs(run: RunDir, step: int):
             try: ok = line.endswith('\n') and json.loads(line)['step'] <= step
             except (ValueError, KeyError, TypeError): ok = False
             if ok: recs.append(line)
-        atomic_write_text(v, ''.join(recs))
+        if ''.join(recs) != v.read_text(): atomic_write_text(v, ''.join(recs))
 
 # %% ../nbs/14_learner.ipynb #e0df5152
 class Learner:
