@@ -20,7 +20,7 @@ from .runs import (ResumeConfigError, RunDir, atomic_write_text, check_resume_co
 
 # %% auto #0
 __all__ = ['CLI_WORDS', 'resolve_device', 'step_seed', 'seed_everything', 'distributed_env', 'truncate_logs', 'Learner',
-           'parse_overrides', 'cli_config', 'main']
+           'load_trained_model', 'parse_overrides', 'cli_config', 'main']
 
 # %% ../nbs/14_learner.ipynb #39b4e28c
 def resolve_device(cfg: M2DFConfig, local_rank: int = 0) -> torch.device:
@@ -293,6 +293,18 @@ class Learner:
             self.run.write_json('result.json', result)
         if self.world > 1: dist.barrier()
         return result
+
+# %% ../nbs/14_learner.ipynb #a9db3faa
+def load_trained_model(checkpoint,                   # a best.pt or last.pt
+                       device=None,                  # None: the device the config names
+                       **overrides) -> tuple:        # config fields to change (data paths, episode counts, device); None: kept
+    "(model in eval mode, its config, the checkpoint) of a trained run; frozen towers come from `pretrained` when the checkpoint left them out."
+    state = load_checkpoint(checkpoint)
+    cfg = M2DFConfig.from_dict(state['config']).replace(**{k: v for k, v in overrides.items() if v is not None})
+    if state.get('frozen_saved', True): cfg = cfg.replace(pretrained=None)   # every weight is in the checkpoint itself
+    model = M2DF(cfg)
+    load_model_state(model, state, checkpoint)
+    return model.to(device or resolve_device(cfg)).eval(), cfg, state
 
 # %% ../nbs/14_learner.ipynb #9094d500
 CLI_WORDS = ('run_dir', 'dataset', 'preset', 'rescore_test')   # command-line words that are not config fields
