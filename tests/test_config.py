@@ -60,7 +60,7 @@ def test_every_field_is_checked_from_its_annotation():
 
 def test_cli_prints_the_message_and_exits_nonzero(tmp_path):
     "The command line prints the one-line message, no traceback, and exits with status 2, before any work."
-    for words, msg in [(['distill=no'], "'distill' = 'no': expected true or false"), (['episodes'], "key=value, got 'episodes'")]:
+    for words, msg in [(['distill=no'], "'distill' = 'no': expected true or false")]:   # the other words: in-process below
         p = subprocess.run([sys.executable, '-m', 'm2df.learner', *words, f'run_dir={tmp_path / "run"}'], cwd=tmp_path,
                            env=dict(os.environ, HF_HUB_OFFLINE='1', OMP_NUM_THREADS='1'), capture_output=True, text=True, timeout=120)
         assert p.returncode == 2, (words, p.returncode, p.stderr[-2000:])
@@ -71,8 +71,23 @@ def test_cli_prints_the_message_and_exits_nonzero(tmp_path):
 
 def test_cli_errors_in_process(capsys, tmp_path):
     "The same through `main` (cheap): every bad word is one line on stderr and exit status 2."
-    for words in (['seed=abc'], ['shot=true'], ['gtce_dilations=1,x'], ['pps_tau=abc'], ['lam=abc'], ['lr=inf'], ['lamda=1']):
+    for words in (['seed=abc'], ['shot=true'], ['gtce_dilations=1,x'], ['pps_tau=abc'], ['lam=abc'], ['lr=inf'], ['lamda=1'],
+                  ['episodes']):
         with pytest.raises(SystemExit) as e: L.main([*words, f'run_dir={tmp_path / "run"}'])
         assert e.value.code == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and words[0].split('=')[0] in err and not (tmp_path / 'run').exists(), err
+        assert err.startswith('m2df.learner: ') and 'Traceback' not in err
+
+
+def test_papermill_parameters_are_checked(tmp_path, monkeypatch):
+    "A papermill parameter of the wrong type stops the notebook at the config cell, naming the field."
+    import papermill as pm
+    from pathlib import Path
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    nb = Path(__file__).resolve().parents[1] / 'nbs' / 'train.ipynb'
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        pm.execute_notebook(str(nb), str(tmp_path / 'out.ipynb'), cwd=str(tmp_path), progress_bar=False,
+                            parameters=dict(distill='no', episodes=2, val_every=2, val_episodes=2, eval_episodes=2))
+    assert e.value.ename == 'ConfigError' and "config field 'distill' = 'no': expected true or false" in e.value.evalue
+    assert not (tmp_path / 'runs').exists()
