@@ -260,3 +260,11 @@ def test_resuming_from_a_nonfinite_checkpoint_names_it(tmp_path):
     save_checkpoint(lr.run.last, state)                                   # as a run whose weights went NaN would have left it
     with pytest.raises(FloatingPointError, match=f'checkpoint {lr.run.last} holds non-finite weights .*fusion.global'):
         Learner(tiny(), run, progress=False)
+
+
+def test_a_nonfinite_score_is_never_the_best(tmp_path, monkeypatch):
+    "Even if an evaluation returned NaN (it raises first, see above), that score would neither be best nor saved."
+    lr = Learner(tiny(query=1), tmp_path / 'run', progress=False)
+    monkeypatch.setattr(L, 'evaluate', lambda *a, **k: dict(accuracy=float('nan'), ci95=0.))
+    rec = lr.validate()
+    assert rec['best'] is False and lr.best == -1.0 and not lr.run.best.exists()
