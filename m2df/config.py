@@ -10,9 +10,9 @@ from typing import Any, Optional
 import numpy as np
 
 # %% auto #0
-__all__ = ['VIEWS', 'PPS_MODES', 'DISTILL_CONDITIONS', 'DISTILL_DIRECTIONS', 'TEXT_TOKENS', 'MATCHINGS', 'METHOD_PRESETS',
-           'BENCHMARK_PRESETS', 'M2DFConfig', 'ConfigError', 'coerce_value', 'field_types', 'coerce_fields',
-           'make_config']
+__all__ = ['VIEWS', 'PPS_MODES', 'DISTILL_CONDITIONS', 'DISTILL_DIRECTIONS', 'TEXT_TOKENS', 'MATCHINGS',
+           'DISTILL_NONE_REDUCTIONS', 'VIDEO_TEXT_HEADS', 'METHOD_PRESETS', 'BENCHMARK_PRESETS', 'M2DFConfig',
+           'ConfigError', 'coerce_value', 'field_types', 'coerce_fields', 'make_config']
 
 # %% ../nbs/00_config.ipynb #d6630cb4
 VIEWS = ('local', 'global', 'raw')           # LTCE view, GTCE view, plain CLIP frames (baseline)
@@ -21,11 +21,13 @@ DISTILL_CONDITIONS = ('tv', 't', 'v', 'none')  # text+visual confidence, text on
 DISTILL_DIRECTIONS = ('both', 'l2g', 'g2l')    # local teaches global, global teaches local
 TEXT_TOKENS = ('prompt', 'first_frame')        # which fused token the text confidence reads
 MATCHINGS = ('otam', 'mean_cos')
+DISTILL_NONE_REDUCTIONS = ('weighted_mean', 'sum')  # condition 'none': a+b-weighted mean | the authors' unweighted sum
+VIDEO_TEXT_HEADS = ('episode', 'reference')    # auxiliary video-text head: m2df's | the authors'
 
 # %% ../nbs/00_config.ipynb #12364d60
 @dataclass
 class M2DFConfig:
-    "Every switch of CLIP-M²DF, of its data pipeline and of its training protocol; typed, and checked when built."
+    "Every switch of CLIP-M²DF (the method: encoders, PPS, views, fusion, matching, distillation, loss), of its data and of its training protocol."
     # --- data
     dataset: str = 'synthetic'            # benchmark: synthetic, ucf101, hmdb51, kinetics100, ssv2_small, ssv2_full
     data_root: Optional[str] = None       # folder of class folders of videos; synthetic: generated into a cache if None
@@ -62,21 +64,29 @@ class M2DFConfig:
     fusion_ffn: int = 2048                # feed-forward hidden width
     fusion_attn_dropout: float = 0.2      # dropout on the attention output projection
     fusion_ffn_dropout: float = 0.05      # dropout in the feed-forward
+    ffn_norm: bool = False                # LayerNorm before the feed-forward (the paper names none; the authors' block has none)
     # --- matching and multi-view fusion
     matching: str = 'otam'                # otam | mean_cos (non-temporal baseline)
     otam_lambda: float = 0.5              # soft-min smoothing of OTAM
     otam_bidirectional: bool = True       # OTAM(q→c) + OTAM(c→q)
     otam_variant: str = 'paper'           # paper | reference (the authors' OTAM_cum_dist: three-term rule on the first real column)
     logit_scale: float = 1.               # logits = -scale * (sum of the views' distances)
+    cos_eps: float = 0.                   # ε added to the product of the norms in every cosine (OTAM frames, PPS, text
+                                          #   comparison, video-text head); the authors' cos_sim uses 0.01
     # --- Multi-view Mutual Distillation
     distill: bool = True                  # False: no MVMD loss (ablation)
     distill_condition: str = 'tv'         # tv | t | v | none
     distill_direction: str = 'both'       # both | l2g | g2l
     detach_teacher: bool = True           # stop gradients into the teacher view (the authors' code does not)
     text_token: str = 'prompt'            # prompt | first_frame (the authors' code)
+    detach_confidence: bool = True        # the confidence weights a + b carry no gradient (the authors' code keeps them in the graph)
+    distill_none_reduction: str = 'weighted_mean'  # condition 'none': weighted_mean (a + b weights, as the other conditions)
+                                          #   | sum (the authors': unweighted KL summed over the queries)
     # --- loss
     lam: float = 1.                       # λ, weight of the distillation loss
     lam_vt: float = 0.                    # weight of the auxiliary CLIP-FSAR video-text loss
+    video_text_head: str = 'episode'      # episode (mean frame feature vs the episode's class texts, scale 100) | reference
+                                          #   (the authors': top-4 text-filtered frames vs all split classes, learnable scale from 1)
     # --- training and evaluation
     lr: float = 1e-5                      # Adam learning rate (constant by default)
     schedule: str = 'constant'            # constant | cosine
@@ -111,6 +121,9 @@ class M2DFConfig:
         need(self.text_token in TEXT_TOKENS, 'text_token', f'choose from {TEXT_TOKENS}')
         need(self.matching in MATCHINGS, 'matching', f'choose from {MATCHINGS}')
         need(self.otam_variant in ('paper', 'reference'), 'otam_variant', "choose 'paper' or 'reference'")
+        need(self.distill_none_reduction in DISTILL_NONE_REDUCTIONS, 'distill_none_reduction', f'choose from {DISTILL_NONE_REDUCTIONS}')
+        need(self.video_text_head in VIDEO_TEXT_HEADS, 'video_text_head', f'choose from {VIDEO_TEXT_HEADS}')
+        need(self.cos_eps >= 0, 'cos_eps', 'must be >= 0')
         need(self.schedule in ('constant', 'cosine'), 'schedule', "choose 'constant' or 'cosine'")
         need(self.amp_dtype in ('bfloat16', 'float16'), 'amp_dtype', "choose 'bfloat16' or 'float16'")
         need(not self.distill or set(self.views) >= {'local', 'global'}, 'distill',
@@ -217,7 +230,8 @@ def coerce_fields(cfg):
 METHOD_PRESETS = {
     'paper': {},
     'reference': dict(pps_eval_mode='sample', text_token='first_frame', detach_teacher=False, normalize=False,
-                      otam_variant='reference'),
+                      otam_variant='reference', detach_confidence=False, distill_none_reduction='sum', cos_eps=0.01,
+                      ffn_norm=False, video_text_head='reference'),
     'clipfsar': dict(use_pps=False, views=('raw',), distill=False),
     'no_pps': dict(use_pps=False),
     'local_only': dict(views=('local',), distill=False),

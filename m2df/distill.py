@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from .config import M2DFConfig, DISTILL_CONDITIONS, DISTILL_DIRECTIONS
+from .config import M2DFConfig, DISTILL_CONDITIONS, DISTILL_DIRECTIONS, DISTILL_NONE_REDUCTIONS
 
 # %% auto #0
 __all__ = ['visual_log_probs', 'confidence', 'distillation_masks', 'mutual_distillation_loss']
@@ -32,10 +32,11 @@ def visual_log_probs(dist:Tensor, # Q×N class distances of one view
     return F.log_softmax(-_float(dist), dim=-1)
 
 def confidence(logits:Tensor, # Q×N class logits (−D for the visual side, cos for the text side)
-              ) -> Tensor: # Q, the top class probability (detached)
-    "Top class probability max_c softmax_c(logits); used for selection and weighting only, so it carries no gradient."
+               detach:bool=True, # False: keep it in the graph (the authors' code)
+              ) -> Tensor: # Q, the top class probability
+    "Top class probability max_c softmax_c(logits), used for selection and weighting; detached unless told otherwise."
     _check_matrix(logits, 'logits')
-    return F.softmax(_float(logits.detach()), dim=-1).amax(-1)
+    return F.softmax(_float(logits.detach() if detach else logits), dim=-1).amax(-1)
 
 # %% ../nbs/10_distill.ipynb #ccd75714
 def distillation_masks(a_l:Tensor, # Q visual confidences of the local view
@@ -57,13 +58,17 @@ def distillation_masks(a_l:Tensor, # Q visual confidences of the local view
     return everyone, everyone.clone()
 
 # %% ../nbs/10_distill.ipynb #f708b9e8
+def _kl(teacher_logp:Tensor, student_logp:Tensor) -> Tensor: # Q×N log probabilities -> Q
+    "KL(teacher ‖ student) of every query."
+    return (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)
+
 def _direction_loss(teacher_logp:Tensor, # Q×N teacher log probabilities
                     student_logp:Tensor, # Q×N student log probabilities
-                    weight:Tensor, # Q teacher confidences a + b (detached)
+                    weight:Tensor, # Q teacher confidences a + b
                     mask:Tensor, # Q bool, the queries distilled in this direction
                    ) -> Tensor: # scalar, 0 when the mask is empty
     "Confidence-weighted mean over the masked queries of KL(teacher ‖ student)."
-    kl = (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)
+    kl = _kl(teacher_logp, student_logp)
     num = torch.where(mask, weight * kl, torch.zeros_like(kl)).sum()
     den = torch.where(mask, weight, torch.zeros_like(weight)).sum()
     return num / torch.where(mask.any(), den, torch.ones_like(den))   # empty: 0 / 1, and no NaN in the backward pass
@@ -75,25 +80,34 @@ def mutual_distillation_loss(dist_local:Tensor, # Q×N class distances of the lo
                              condition:str=M2DFConfig.distill_condition, # 'tv' | 't' | 'v' | 'none'
                              direction:str=M2DFConfig.distill_direction, # 'both' | 'l2g' | 'g2l'
                              detach_teacher:bool=M2DFConfig.detach_teacher, # the teacher's distribution is a constant
+                             detach_confidence:bool=M2DFConfig.detach_confidence, # the weights a + b are constants
+                             none_reduction:str=M2DFConfig.distill_none_reduction, # condition 'none': 'weighted_mean' | 'sum'
                             ) -> tuple: # (loss scalar, info dict of detached tensors)
     "The MVMD loss of one episode: per query, the more confident view teaches the other."
     if direction not in DISTILL_DIRECTIONS: raise ValueError(f'direction must be one of {DISTILL_DIRECTIONS}, got {direction!r}')
     if condition not in DISTILL_CONDITIONS: raise ValueError(f'condition must be one of {DISTILL_CONDITIONS}, got {condition!r}')
+    if none_reduction not in DISTILL_NONE_REDUCTIONS:
+        raise ValueError(f'none_reduction (config distill_none_reduction) must be one of {DISTILL_NONE_REDUCTIONS}, got {none_reduction!r}')
     mats = dict(dist_local=dist_local, dist_global=dist_global, text_local=text_local, text_global=text_global)
     for n, x in mats.items(): _check_matrix(x, n)
     shapes = {n: tuple(x.shape) for n, x in mats.items()}
     if len(set(shapes.values())) != 1: raise ValueError(f'dist_local, dist_global, text_local, text_global must have one shape, got {shapes}')
     with torch.autocast(dist_local.device.type, enabled=False):
         lp_l, lp_g = visual_log_probs(dist_local), visual_log_probs(dist_global)
-        a_l, a_g = lp_l.detach().exp().amax(-1), lp_g.detach().exp().amax(-1)
-        b_l, b_g = confidence(text_local), confidence(text_global)
+        keep = (lambda x: x.detach()) if detach_confidence else (lambda x: x)
+        a_l, a_g = keep(lp_l).exp().amax(-1), keep(lp_g).exp().amax(-1)
+        b_l, b_g = confidence(text_local, detach_confidence), confidence(text_global, detach_confidence)
         l_teaches, g_teaches = distillation_masks(a_l, a_g, b_l, b_g, condition)
         if direction == 'g2l': l_teaches = torch.zeros_like(l_teaches)
         if direction == 'l2g': g_teaches = torch.zeros_like(g_teaches)
         teacher = (lambda lp: lp.detach()) if detach_teacher else (lambda lp: lp)
-        loss_l2g = _direction_loss(teacher(lp_l), lp_g, a_l + b_l, l_teaches)
-        loss_g2l = _direction_loss(teacher(lp_g), lp_l, a_g + b_g, g_teaches)
+        if condition == 'none' and none_reduction == 'sum':   # the authors': unweighted KL summed over the queries
+            loss_l2g = _kl(teacher(lp_l), lp_g)[l_teaches].sum()
+            loss_g2l = _kl(teacher(lp_g), lp_l)[g_teaches].sum()
+        else:
+            loss_l2g = _direction_loss(teacher(lp_l), lp_g, a_l + b_l, l_teaches)
+            loss_g2l = _direction_loss(teacher(lp_g), lp_l, a_g + b_g, g_teaches)
     info = dict(n_l2g=l_teaches.sum(), n_g2l=g_teaches.sum(), n_skipped=(~l_teaches & ~g_teaches).sum(),
                 loss_l2g=loss_l2g.detach(), loss_g2l=loss_g2l.detach(),
-                a_local=a_l.mean(), a_global=a_g.mean(), b_local=b_l.mean(), b_global=b_g.mean())
+                a_local=a_l.detach().mean(), a_global=a_g.detach().mean(), b_local=b_l.detach().mean(), b_global=b_g.detach().mean())
     return loss_l2g + loss_g2l, info

@@ -14,13 +14,13 @@ __all__ = ['FusionBlock', 'MultiModalFusionEncoder', 'class_prototypes']
 
 # %% ../nbs/08_fusion.ipynb #6e86e101
 class FusionBlock(nn.Module):
-    "One MMFE block: shared pre-LayerNorm on q, k, v; bias-free multi-head attention; residual on raw queries; FFN with residual."
+    "One MMFE block: shared pre-LayerNorm on q, k, v; bias-free multi-head attention; residual on raw queries; FFN (optionally pre-normed) with residual."
     def __init__(self, dim:int,           # token width D
                  heads:int,               # attention heads H (head width D/H)
                  ffn:int,                 # feed-forward hidden width
                  attn_dropout:float,      # dropout after the attention output projection
                  ffn_dropout:float,       # dropout inside and after the feed-forward
-                 ffn_norm:bool=True):     # pre-norm the feed-forward with its own LayerNorm
+                 ffn_norm:bool=M2DFConfig.ffn_norm): # pre-norm the feed-forward with its own LayerNorm
         super().__init__()
         if heads < 1 or dim % heads:
             raise ValueError(f'heads={heads} must be a positive divisor of dim={dim} (head width dim/heads)')
@@ -57,7 +57,7 @@ class MultiModalFusionEncoder(nn.Module):
                  depth:int=M2DFConfig.fusion_depth,                  # number of blocks (first cross, rest self)
                  attn_dropout:float=M2DFConfig.fusion_attn_dropout,  # dropout on the attention output projection
                  ffn_dropout:float=M2DFConfig.fusion_ffn_dropout,    # dropout in the feed-forward
-                 ffn_norm:bool=True):                                # LayerNorm before the feed-forward (see above)
+                 ffn_norm:bool=M2DFConfig.ffn_norm):                 # LayerNorm before the feed-forward (see above)
         super().__init__()
         if depth < 1: raise ValueError(f'depth must be >= 1, got {depth}')
         self.dim, self.heads, self.depth = dim, heads, depth
@@ -66,7 +66,8 @@ class MultiModalFusionEncoder(nn.Module):
     @classmethod
     def from_config(cls, cfg:M2DFConfig, dim:int) -> 'MultiModalFusionEncoder':
         "The MMFE that `cfg` describes, for tokens of width `dim`."
-        return cls(dim, cfg.fusion_heads, cfg.fusion_ffn, cfg.fusion_depth, cfg.fusion_attn_dropout, cfg.fusion_ffn_dropout)
+        return cls(dim, cfg.fusion_heads, cfg.fusion_ffn, cfg.fusion_depth, cfg.fusion_attn_dropout, cfg.fusion_ffn_dropout,
+                   cfg.ffn_norm)
 
     def forward(self, prompt:torch.Tensor,   # prompt embedding P, B×D
                 context:torch.Tensor,        # the view's temporal context C^v, B×T×D (queries)

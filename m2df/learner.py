@@ -208,7 +208,9 @@ class Learner:
                 with amp:
                     out = self.ddp(ep['support'].to(self.device, non_blocking=True), ep['query'].to(self.device, non_blocking=True),
                                    ep['support_labels'].to(self.device), text)
-                loss, parts = m2df_loss(out, yq, cfg)
+                vt = dict(support_labels=ep['support_labels'].to(self.device), class_text=text, class_ids=ep['class_ids'],
+                          split_text=m.class_text(self.split.class_names)) if cfg.lam_vt else {}   # the video-text loss's inputs
+                loss, parts = m2df_loss(out, yq, cfg, **vt)
                 if not torch.isfinite(loss):
                     raise NonFiniteError(f'loss is {loss.item()} at {where()}; parts: { {k: float(v) for k, v in parts.items()} }'
                                          + (f'; the weights hold NaN/inf: {nonfinite_parameters(m)}' if nonfinite_parameters(m) else ''))

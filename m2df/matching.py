@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from .config import M2DFConfig
+from .pps import cosine_similarity
 
 # %% auto #0
 __all__ = ['OTAM_VARIANTS', 'frame_distances', 'otam_cumulative', 'otam_distance', 'mean_cosine_distance', 'fuse_views']
@@ -35,11 +36,15 @@ def _check_pair(q:Tensor, s:Tensor):
 # %% ../nbs/09_matching.ipynb #328320ef
 def frame_distances(q:Tensor, # query frame features, Q×Tq×D
                     s:Tensor, # class (prototype) frame features, N×Ts×D
+                    eps:float=M2DFConfig.cos_eps, # ε of the cosine (0.01: the authors' cos_sim)
                    ) -> Tensor: # Q×N×Tq×Ts cosine distances 1 − cos
     "Cosine distance between every query frame and every class frame, for every (query, class) pair."
     _check_pair(q, s)
     dt = _work_dtype(q)
     with torch.autocast(q.device.type, enabled=False):
+        if eps:   # as the authors: one (Q·Tq)×(N·Ts) matrix of ⟨x, y⟩ / (‖x‖‖y‖ + ε)
+            sim = cosine_similarity(q.to(dt).flatten(0, 1), s.to(dt).flatten(0, 1), eps)
+            return 1 - sim.unflatten(0, q.shape[:2]).unflatten(-1, s.shape[:2]).permute(0, 2, 1, 3)
         qn = F.normalize(q.to(dt), dim=-1)
         sn = F.normalize(s.to(dt), dim=-1)
         return 1 - torch.einsum('qid,njd->qnij', qn, sn)
@@ -82,9 +87,10 @@ def otam_distance(q:Tensor, # query frame features, Q×Tq×D
                   lam:float=M2DFConfig.otam_lambda, # soft-min smoothing λ
                   bidirectional:bool=M2DFConfig.otam_bidirectional, # OTAM(q→c) + OTAM(c→q), else q→c only
                   variant:str='paper', # 'paper' (Cao et al.) or 'reference' (the authors' OTAM_cum_dist)
+                  eps:float=M2DFConfig.cos_eps, # ε of the frame cosine (0.01: the authors' cos_sim)
                  ) -> Tensor: # Q×N distances (float32, float64 for float64 inputs)
     "OTAM distance between every query and every class, batched over queries × classes."
-    d = frame_distances(q, s)
+    d = frame_distances(q, s, eps)
     if not bidirectional: return otam_cumulative(d, lam, variant)
     dT = d.transpose(-1, -2)
     if d.shape[-1] == d.shape[-2]: return otam_cumulative(torch.stack([d, dT]), lam, variant).sum(0)
@@ -93,10 +99,11 @@ def otam_distance(q:Tensor, # query frame features, Q×Tq×D
 # %% ../nbs/09_matching.ipynb #adff6e54
 def mean_cosine_distance(q:Tensor, # query frame features, Q×Tq×D
                          s:Tensor, # class (prototype) frame features, N×Ts×D
+                         eps:float=M2DFConfig.cos_eps, # ε of the cosine
                         ) -> Tensor: # Q×N distances 1 − cos of the time-averaged features
     "Cosine distance between time-averaged features (ignores frame order)."
     _check_pair(q, s)
-    return frame_distances(q.mean(1, keepdim=True), s.mean(1, keepdim=True))[..., 0, 0]
+    return frame_distances(q.mean(1, keepdim=True), s.mean(1, keepdim=True), eps)[..., 0, 0]
 
 # %% ../nbs/09_matching.ipynb #4f2490e4
 def fuse_views(distances:dict, # view name → Q×N distance

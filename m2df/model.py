@@ -9,14 +9,14 @@ import torch, torch.nn as nn, torch.nn.functional as F
 
 from .config import M2DFConfig
 from .encoders import CLIPBackbone, ClassTextCache
-from .pps import ProbabilityPromptSelector
+from .pps import ProbabilityPromptSelector, cosine_similarity, pps_scores
 from .temporal import LocalTemporalContext, GlobalTemporalContext
 from .fusion import MultiModalFusionEncoder, class_prototypes
 from .matching import otam_distance, mean_cosine_distance, fuse_views
 from .distill import mutual_distillation_loss
 
 # %% auto #0
-__all__ = ['M2DF', 'video_text_loss', 'm2df_loss']
+__all__ = ['M2DF', 'video_text_loss', 'text_filtered_frames', 'ReferenceVideoTextHead', 'reference_video_text_loss', 'm2df_loss']
 
 # %% ../nbs/11_model.ipynb #e0ad800d
 class M2DF(nn.Module):
@@ -30,13 +30,15 @@ class M2DF(nn.Module):
         if D % cfg.fusion_heads:
             raise ValueError(f'config field fusion_heads = {cfg.fusion_heads} must divide the backbone width D = {D} ({cfg.backbone})')
         self.text = ClassTextCache(self.backbone, cfg.prompt_template)
-        self.pps = ProbabilityPromptSelector(cfg.pps_topk, cfg.pps_tau)
+        self.pps = ProbabilityPromptSelector(cfg.pps_topk, cfg.pps_tau, cfg.cos_eps)
         ctx = dict(local=lambda: LocalTemporalContext(D),
                    glob=lambda: GlobalTemporalContext(D, cfg.gtce_dilations, cfg.gtce_kernel, cfg.gtce_dropout))
         self.context = nn.ModuleDict({v: (ctx['local'] if v == 'local' else ctx['glob'])() for v in cfg.views if v != 'raw'})
         self.fusion = nn.ModuleDict({v: MultiModalFusionEncoder(D, cfg.fusion_heads, cfg.fusion_ffn, cfg.fusion_depth,
-                                                                cfg.fusion_attn_dropout, cfg.fusion_ffn_dropout)
+                                                                cfg.fusion_attn_dropout, cfg.fusion_ffn_dropout, cfg.ffn_norm)
                                      for v in cfg.views if v != 'raw'})
+        if cfg.lam_vt and cfg.video_text_head == 'reference':   # its learnable scale exists only when it is used
+            self.vt_head = ReferenceVideoTextHead(cfg.pps_topk, cfg.cos_eps)
 
     @property
     def dim(self) -> int: return self.backbone.dim
@@ -68,9 +70,9 @@ class M2DF(nn.Module):
 
     def match(self, zq, u):
         "Distance Q×N between query frame tokens and prototype frame tokens."
-        if self.cfg.matching == 'mean_cos': return mean_cosine_distance(zq, u)
+        if self.cfg.matching == 'mean_cos': return mean_cosine_distance(zq, u, self.cfg.cos_eps)
         return otam_distance(zq, u, lam=self.cfg.otam_lambda, bidirectional=self.cfg.otam_bidirectional,
-                             variant=self.cfg.otam_variant)
+                             variant=self.cfg.otam_variant, eps=self.cfg.cos_eps)
 
     def forward_features(self, fs: torch.Tensor,        # support frame features (N·K)×T×D
                          fq: torch.Tensor,              # query frame features Q×T×D
@@ -89,13 +91,17 @@ class M2DF(nn.Module):
             out['query_tokens'][v], out['prototypes'][v] = zq, u
             if v != 'raw':
                 t = 0 if cfg.text_token == 'prompt' else 1
-                out['text'][v] = F.normalize(zq[:, t].float(), dim=-1) @ F.normalize(u[:, t].float(), dim=-1).T
+                out['text'][v] = cosine_similarity(zq[:, t].float(), u[:, t].float(), cfg.cos_eps)
         out['logits'] = fuse_views(out['dist'], cfg.logit_scale)
         out['distill_loss'], out['distill_info'] = None, {}
         if cfg.distill:
             out['distill_loss'], out['distill_info'] = mutual_distillation_loss(
                 out['dist']['local'], out['dist']['global'], out['text']['local'], out['text']['global'],
-                condition=cfg.distill_condition, direction=cfg.distill_direction, detach_teacher=cfg.detach_teacher)
+                condition=cfg.distill_condition, direction=cfg.distill_direction, detach_teacher=cfg.detach_teacher,
+                detach_confidence=cfg.detach_confidence, none_reduction=cfg.distill_none_reduction)
+        if hasattr(self, 'vt_head'):   # the authors' video-text head: its features here, its logits in `m2df_loss`
+            out['vt_features'] = self.vt_head.features(fs, fq, support_labels, class_text)
+            out['vt_scale'] = self.vt_head.scale
         return out
 
     def forward(self, support: torch.Tensor,       # (N·K)×T×3×H×W support clips, or their (N·K)×T×D features
@@ -115,17 +121,60 @@ def video_text_loss(out: dict, support_labels, query_labels, class_text, scale: 
     logits = scale * F.normalize(f, dim=-1) @ F.normalize(class_text.float(), dim=-1).T
     return F.cross_entropy(logits, y, reduction='sum')
 
+def text_filtered_frames(frames: torch.Tensor,  # B×T×D frame features
+                         text: torch.Tensor,    # B×D one text embedding per video
+                         topk: int,             # k frames kept (clipped to T)
+                         eps: float = 0.,       # ε of the cosine
+                        ) -> torch.Tensor:      # B×k×D
+    "The k frames of each video most similar to its text, in time order."
+    sim = cosine_similarity(text.unsqueeze(1), frames, eps).squeeze(1)            # B×T
+    idx = sim.topk(min(topk, sim.shape[-1]), dim=-1).indices.sort(-1).values
+    return frames.gather(1, idx.unsqueeze(-1).expand(-1, -1, frames.shape[-1]))
+
+class ReferenceVideoTextHead(nn.Module):
+    "The authors' auxiliary video-text head: mean of text-filtered frames, cos_ε against all split classes, learnable scale."
+    def __init__(self, topk: int = M2DFConfig.pps_topk,   # frames kept per video
+                 eps: float = M2DFConfig.cos_eps):         # ε of the cosine
+        super().__init__()
+        self.topk, self.eps = topk, eps
+        self.scale = nn.Parameter(torch.ones(1))           # as the authors: a 1-element parameter filled with 1
+
+    def features(self, fs, fq, support_labels, class_text) -> torch.Tensor:
+        "Mean filtered frame feature of every support video, then every query, (N·K+Q)×D."
+        e = class_text.to(fs.dtype)
+        s = text_filtered_frames(fs, e[support_labels], self.topk, self.eps)
+        best = pps_scores(fq, class_text, self.topk, self.eps).argmax(-1)          # a query's most likely class
+        q = text_filtered_frames(fq, e[best], self.topk, self.eps)
+        return torch.cat([s, q]).mean(1)
+
+def reference_video_text_loss(out: dict, support_labels, query_labels, split_text, class_ids, eps: float) -> torch.Tensor:
+    "The authors' auxiliary loss: CE (summed) of every video's filtered feature against all split classes."
+    y = torch.as_tensor(class_ids, device=split_text.device)[torch.cat([support_labels, query_labels])]
+    logits = cosine_similarity(out['vt_features'].float(), split_text.float(), eps) * out['vt_scale']
+    return F.cross_entropy(logits, y, reduction='sum')
+
 def m2df_loss(out: dict,                 # output of `M2DF.forward`
               query_labels: torch.Tensor,  # (Q,) labels 0..N-1
               cfg: M2DFConfig,
-              support_labels=None, class_text=None) -> tuple:  # needed only when cfg.lam_vt > 0
+              support_labels=None,       # (N·K,) episode labels; only when cfg.lam_vt > 0
+              class_text=None,           # N×D episode class texts; only for the `episode` video-text head
+              split_text=None,           # C×D texts of every class of the split; only for the `reference` head
+              class_ids=None) -> tuple:  # N split-level class indices of the episode; only for the `reference` head
     "Total loss and its parts: CE summed over queries, + λ·MVMD, + λ_vt·video-text."
+    if cfg.lam_vt:
+        need = dict(support_labels=support_labels, **(dict(class_text=class_text) if cfg.video_text_head == 'episode'
+                                                      else dict(split_text=split_text, class_ids=class_ids)))
+        missing = [k for k, v in need.items() if v is None]
+        if missing: raise ValueError(f'lam_vt = {cfg.lam_vt} with video_text_head={cfg.video_text_head!r} needs m2df_loss({", ".join(missing)}=...)')
+        if cfg.video_text_head == 'reference' and 'vt_features' not in out:
+            raise ValueError('out has no vt_features: build the model with the same config (lam_vt > 0, video_text_head=reference)')
     ce = F.cross_entropy(out['logits'].float(), query_labels, reduction='sum')
     parts = dict(ce=ce.detach())
     loss = ce
     if out['distill_loss'] is not None and cfg.lam:
         loss = loss + cfg.lam * out['distill_loss']; parts['distill'] = out['distill_loss'].detach()
     if cfg.lam_vt:
-        vt = video_text_loss(out, support_labels, query_labels, class_text)
+        vt = (video_text_loss(out, support_labels, query_labels, class_text) if cfg.video_text_head == 'episode' else
+              reference_video_text_loss(out, support_labels, query_labels, split_text, class_ids, cfg.cos_eps))
         loss = loss + cfg.lam_vt * vt; parts['video_text'] = vt.detach()
     return loss, parts

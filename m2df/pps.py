@@ -11,9 +11,19 @@ import torch.nn.functional as F
 from .config import M2DFConfig, PPS_MODES
 
 # %% auto #0
-__all__ = ['pps_scores', 'ProbabilityPromptSelector', 'support_prompts', 'zero_prompts']
+__all__ = ['cosine_similarity', 'pps_scores', 'ProbabilityPromptSelector', 'support_prompts', 'zero_prompts']
 
 # %% ../nbs/06_pps.ipynb #cefb9af8
+def cosine_similarity(x:torch.Tensor,   # ...×n×D
+                      y:torch.Tensor,   # ...×m×D (leading axes broadcast with x's)
+                      eps:float=M2DFConfig.cos_eps, # ε added to the product of the norms (0: the plain cosine)
+                     ) -> torch.Tensor:  # ...×n×m, in x's dtype
+    "Cosine of every row of x with every row of y, ⟨x, y⟩ / (‖x‖‖y‖ + ε); ε = 0.01 is the authors' `cos_sim`."
+    if eps < 0: raise ValueError(f'eps (config field cos_eps) must be >= 0, got {eps}')
+    if not eps: return F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).transpose(-1, -2)
+    den = x.norm(dim=-1).unsqueeze(-1) @ y.norm(dim=-1).unsqueeze(-1).transpose(-1, -2) + eps
+    return (x @ y.transpose(-1, -2)) / den
+
 def _check_inputs(frames:torch.Tensor, class_text:torch.Tensor):
     "Raise a ValueError unless frames is Q×T×D and class_text N×D with the same D."
     if frames.ndim != 3 or frames.shape[1] < 1:
@@ -26,32 +36,46 @@ def _check_inputs(frames:torch.Tensor, class_text:torch.Tensor):
 def pps_scores(frames:torch.Tensor,     # query frame features Q×T×D
                class_text:torch.Tensor, # class-prompt embeddings E_c, N×D
                topk:int=M2DFConfig.pps_topk, # k, frames averaged per class (clipped to T)
+               eps:float=M2DFConfig.cos_eps, # ε of the cosine (0.01: the authors' cos_sim)
               ) -> torch.Tensor:        # scores s, Q×N
     "Mean of the top-k frame-to-text cosine similarities of every query and class, Q×N (float32)."
     _check_inputs(frames, class_text)
     if topk < 1: raise ValueError(f'topk (config field pps_topk) must be >= 1, got {topk}')
     with torch.autocast(frames.device.type, enabled=False):
-        f = F.normalize(frames.float(), dim=-1)
-        e = F.normalize(class_text.to(frames.device).float(), dim=-1)
-        sim = torch.einsum('qtd,nd->qnt', f, e)                     # Q×N×T cosines
+        if eps:
+            sim = cosine_similarity(class_text.to(frames.device).float(), frames.float(), eps)  # Q×N×T
+        else:
+            f = F.normalize(frames.float(), dim=-1)
+            e = F.normalize(class_text.to(frames.device).float(), dim=-1)
+            sim = torch.einsum('qtd,nd->qnt', f, e)                     # Q×N×T cosines
         return sim.topk(min(topk, sim.shape[-1]), dim=-1).values.mean(-1)
 
 # %% ../nbs/06_pps.ipynb #056d057a
 class ProbabilityPromptSelector(nn.Module):
     "Probability Prompt Selector: query prompts from the class probabilities of the query's frames (no parameters)."
     def __init__(self, topk:int=M2DFConfig.pps_topk,   # k, frames averaged per class (clipped to T)
-                 tau:float=M2DFConfig.pps_tau):       # softmax temperature τ
+                 tau:float=M2DFConfig.pps_tau,        # softmax temperature τ
+                 eps:float=M2DFConfig.cos_eps):       # ε of the cosine (0.01: the authors' cos_sim)
         super().__init__()
         if topk < 1: raise ValueError(f'topk (config field pps_topk) must be >= 1, got {topk}')
         if not tau > 0: raise ValueError(f'tau (config field pps_tau) must be positive, got {tau}')
-        self.topk, self.tau = int(topk), float(tau)
+        if eps < 0: raise ValueError(f'eps (config field cos_eps) must be >= 0, got {eps}')
+        self.topk, self.tau, self.eps = int(topk), float(tau), float(eps)
 
-    def extra_repr(self) -> str: return f'topk={self.topk}, tau={self.tau}'
+    def extra_repr(self) -> str: return f'topk={self.topk}, tau={self.tau}' + (f', eps={self.eps}' if self.eps else '')
 
     def probs(self, frames:torch.Tensor, class_text:torch.Tensor) -> torch.Tensor:
         "Class probabilities π, Q×N (float32)."
         with torch.autocast(frames.device.type, enabled=False):
-            return torch.softmax(self.tau * pps_scores(frames, class_text, self.topk), dim=-1)
+            return torch.softmax(self.tau * pps_scores(frames, class_text, self.topk, self.eps), dim=-1)
+
+    def draw(self, pi:torch.Tensor,                       # class probabilities Q×N
+             generator:Optional[torch.Generator]=None,    # RNG (None: the global torch RNG)
+            ) -> torch.Tensor:                            # Q class indices
+        "The classes of `sample` mode, one draw from π per query (override to replay given draws)."
+        p = pi.detach()
+        if generator is not None and generator.device != p.device: p = p.to(generator.device)
+        return torch.multinomial(p, 1, generator=generator).squeeze(1).to(pi.device)
 
     def forward(self, frames:torch.Tensor,        # query frame features Q×T×D
                 class_text:torch.Tensor,          # class-prompt embeddings E_c of the episode's N classes, N×D
@@ -64,11 +88,7 @@ class ProbabilityPromptSelector(nn.Module):
         e = class_text.to(pi.device).float()
         with torch.autocast(frames.device.type, enabled=False):
             if mode == 'expectation': return pi @ e, pi
-        if mode == 'argmax': c = pi.argmax(-1)
-        else:
-            p = pi.detach()
-            if generator is not None and generator.device != p.device: p = p.to(generator.device)
-            c = torch.multinomial(p, 1, generator=generator).squeeze(1).to(pi.device)
+        c = pi.argmax(-1) if mode == 'argmax' else self.draw(pi, generator)
         return e[c], pi
 
 # %% ../nbs/06_pps.ipynb #a8940887

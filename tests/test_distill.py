@@ -221,3 +221,40 @@ def test_half_precision_inputs_compute_in_float32():
 def test_bad_input_names_the_parameter(call, match):
     with pytest.raises(ValueError, match=match):
         call(episode(7))
+
+
+def test_weights_in_the_graph():
+    "detach_confidence=False (the authors' code): same value, gradient of Σ w·KL / Σ w with w = a + b differentiable."
+    Dl, Dg, Tl, Tg = episode(7)
+    Dl, Dg, Tl = Dl.requires_grad_(), Dg.requires_grad_(), Tl.requires_grad_()
+    loss, _ = mutual_distillation_loss(Dl, Dg, Tl, Tg, 'none', 'l2g', detach_teacher=False, detach_confidence=False)
+    got = torch.autograd.grad(loss, (Dl, Dg, Tl))
+    pl = torch.softmax(-Dl, -1)
+    w = pl.amax(-1) + torch.softmax(Tl, -1).amax(-1)
+    kl = (pl * (pl.log() - torch.log_softmax(-Dg, -1))).sum(-1)
+    want_loss = (w * kl).sum() / w.sum()
+    want = torch.autograd.grad(want_loss, (Dl, Dg, Tl))
+    torch.testing.assert_close(loss, want_loss)
+    for g, h in zip(got, want): torch.testing.assert_close(g, h)
+    assert got[2].abs().sum() > 0                                  # the text logits receive gradient through b
+    detached, _ = mutual_distillation_loss(Dl, Dg, Tl, Tg, 'none', 'l2g', detach_teacher=False)
+    assert torch.autograd.grad(detached, Tl, allow_unused=True)[0] is None or \
+        torch.autograd.grad(detached, Tl, allow_unused=True)[0].abs().sum() == 0
+
+
+@pytest.mark.parametrize('direction', ('both', 'l2g', 'g2l'))
+def test_none_condition_sum(direction):
+    "distill_none_reduction='sum' (the authors' code): unweighted KL summed over every query, in each kept direction."
+    Dl, Dg, Tl, Tg = episode(8)
+    pl, pg = torch.softmax(-Dl, -1), torch.softmax(-Dg, -1)
+    kl = lambda p, r: (p * (p.log() - r.log())).sum(-1).sum()
+    want = {'both': kl(pl, pg) + kl(pg, pl), 'l2g': kl(pl, pg), 'g2l': kl(pg, pl)}[direction]
+    loss, _ = mutual_distillation_loss(Dl, Dg, Tl, Tg, 'none', direction, none_reduction='sum')
+    torch.testing.assert_close(loss, want)
+    # the other conditions ignore it
+    for cond in ('tv', 't', 'v'):
+        a, _ = mutual_distillation_loss(Dl, Dg, Tl, Tg, cond, direction, none_reduction='sum')
+        b, _ = mutual_distillation_loss(Dl, Dg, Tl, Tg, cond, direction)
+        assert a.item() == b.item()
+    with pytest.raises(ValueError, match='distill_none_reduction'):
+        mutual_distillation_loss(Dl, Dg, Tl, Tg, 'none', direction, none_reduction='mean')

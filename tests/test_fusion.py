@@ -1,4 +1,4 @@
-"Tests of m2df.fusion: the Multi-modal Fusion Encoder and class prototypes (DESIGN §2.5)."
+"Tests of m2df.fusion: the Multi-modal Fusion Encoder (cross transformer over prompt + frames) and class prototypes."
 import pytest
 import torch
 import torch.nn.functional as F
@@ -119,8 +119,10 @@ def test_structure():
     assert blk.to_out.bias is not None
     assert blk.attn_drop.p == 0.2 and blk.ffn[2].p == 0.05 and blk.ffn[4].p == 0.05
     assert blk.ffn[0].out_features == 128 and isinstance(blk.ffn[1], torch.nn.GELU)
-    assert isinstance(blk.ffn_norm, torch.nn.LayerNorm) and blk.ffn_norm is not blk.norm
-    assert isinstance(FusionBlock(32, 8, 64, 0., 0., ffn_norm=False).ffn_norm, torch.nn.Identity)
+    assert isinstance(blk.ffn_norm, torch.nn.Identity)          # default: the authors' block, x = ff(x) + x
+    assert isinstance(FusionBlock(32, 8, 64, 0., 0.).ffn_norm, torch.nn.Identity)
+    normed = FusionBlock(32, 8, 64, 0., 0., ffn_norm=True)
+    assert isinstance(normed.ffn_norm, torch.nn.LayerNorm) and normed.ffn_norm is not normed.norm
     assert not any('pos' in n for n, _ in MultiModalFusionEncoder(32).named_parameters())
 
 
@@ -216,3 +218,10 @@ def test_prototypes_bad_input():
         class_prototypes(x, torch.tensor([0., 0, 1, 1, 2, 2]), 3)
     with pytest.raises(ValueError, match='way'):
         class_prototypes(x, torch.tensor([0, 0, 1, 1, 2, 2]), 0)
+
+
+def test_ffn_norm_from_config():
+    from m2df.config import M2DFConfig, make_config
+    assert isinstance(MultiModalFusionEncoder.from_config(M2DFConfig(), 32).blocks[0].ffn_norm, torch.nn.Identity)
+    assert isinstance(MultiModalFusionEncoder.from_config(M2DFConfig(ffn_norm=True), 32).blocks[0].ffn_norm, torch.nn.LayerNorm)
+    assert make_config('ucf101', 'paper').ffn_norm is False and make_config('ucf101', 'reference').ffn_norm is False

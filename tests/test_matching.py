@@ -1,5 +1,5 @@
 "Tests of m2df.matching: OTAM against a cell-by-cell dynamic programme, its properties, the baseline and the fusion."
-import math
+import itertools, math
 import pytest
 import torch
 import torch.nn.functional as F
@@ -191,3 +191,18 @@ def test_fuse_views():
 def test_bad_input_names_the_parameter(call, match):
     with pytest.raises(ValueError, match=match.replace('(', r'\(').replace(')', r'\)')):
         call()
+
+
+def test_frame_distances_with_eps_are_the_authors():
+    "1 − ⟨x, y⟩ / (‖x‖‖y‖ + ε) for every pair of frames (the authors' cos_sim on the flattened frames)."
+    torch.manual_seed(6)
+    q, s = torch.randn(2, 3, 8), torch.randn(4, 5, 8)
+    d = frame_distances(q, s, eps=0.01)
+    assert d.shape == (2, 4, 3, 5)
+    for a, c, i, j in itertools.product(range(2), range(4), range(3), range(5)):
+        x, y = q[a, i].double(), s[c, j].double()
+        assert abs(d[a, c, i, j].item() - (1 - (x @ y / (x.norm() * y.norm() + 0.01)).item())) < 1e-6
+    D = otam_distance(q, s, variant='reference', eps=0.01)
+    torch.testing.assert_close(D, otam_cumulative(d, 0.5, 'reference') + otam_cumulative(d.transpose(-1, -2), 0.5, 'reference'))
+    assert (D - otam_distance(q, s, variant='reference')).abs().max() > 1e-4
+    torch.testing.assert_close(frame_distances(q, s, eps=0.), frame_distances(q, s))

@@ -186,3 +186,46 @@ def test_cuda_with_cpu_generator():
     with torch.autocast('cuda', dtype=torch.bfloat16):
         p, pi = ProbabilityPromptSelector()(frames, text, 'expectation')
     assert p.dtype == torch.float32
+
+
+def eps_cos_plain(x, y, eps):
+    "The authors' cos_sim for one pair of vectors, in float64: ⟨x, y⟩ / (‖x‖‖y‖ + ε)."
+    x, y = x.double(), y.double()
+    return (x @ y / (x.norm() * y.norm() + eps)).item()
+
+
+def test_cosine_with_eps_is_the_authors_cos_sim():
+    from m2df.pps import cosine_similarity
+    torch.manual_seed(3)
+    x, y = torch.randn(4, 16), torch.randn(5, 16) * 0.2          # small norms: ε matters
+    for eps in (0., 0.01, 0.5):
+        got = cosine_similarity(x, y, eps)
+        want = torch.tensor([[eps_cos_plain(a, b, eps) for b in y] for a in x], dtype=torch.float64)
+        torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=0)
+    assert (cosine_similarity(x, y, 0.01) - cosine_similarity(x, y, 0.)).abs().max() > 1e-3
+
+
+def test_pps_scores_use_eps():
+    torch.manual_seed(4)
+    f, e = torch.randn(3, 6, 16), torch.randn(4, 16)
+    got = pps_scores(f, e, topk=3, eps=0.01)
+    for q in range(3):
+        for c in range(4):
+            sims = sorted((eps_cos_plain(f[q, t], e[c], 0.01) for t in range(6)), reverse=True)
+            assert abs(got[q, c].item() - sum(sims[:3]) / 3) < 1e-6
+    assert (got - pps_scores(f, e, topk=3)).abs().max() > 1e-5
+    pps = ProbabilityPromptSelector(eps=0.01)
+    torch.testing.assert_close(pps.probs(f, e), torch.softmax(200. * pps_scores(f, e, 4, 0.01), -1))
+    with pytest.raises(ValueError, match='cos_eps'): ProbabilityPromptSelector(eps=-0.1)
+
+
+def test_sample_draws_can_be_replayed():
+    "`draw` is the only source of the sampled classes: overriding it replays given draws."
+    torch.manual_seed(5)
+    f, e = torch.randn(4, 8, 16), torch.randn(5, 16)
+    pps = ProbabilityPromptSelector(tau=1e-3)                      # flat π: draws are spread
+    pps.draw = lambda pi, generator=None: torch.tensor([4, 0, 2, 2])
+    p, _ = pps(f, e, 'sample')
+    torch.testing.assert_close(p, e[[4, 0, 2, 2]])
+    p, _ = pps(f, e, 'expectation')                                # the other modes do not draw
+    assert p.shape == (4, 16)

@@ -1,4 +1,4 @@
-"Tests of m2df.temporal: LTCE (DESIGN §2.3) and GTCE (DESIGN §2.4)."
+"Tests of m2df.temporal: the local (LTCE, two temporal convolutions) and global (GTCE, a dilated causal TCN) views."
 import pytest
 import torch
 import torch.nn.functional as F
