@@ -262,9 +262,10 @@ def test_resuming_from_a_nonfinite_checkpoint_names_it(tmp_path):
         Learner(tiny(), run, progress=False)
 
 
-def test_a_nonfinite_score_is_never_the_best(tmp_path, monkeypatch):
-    "Even if an evaluation returned NaN (it raises first, see above), that score would neither be best nor saved."
+@pytest.mark.parametrize('score', [float('nan'), float('inf')])
+def test_a_nonfinite_score_is_never_the_best(tmp_path, monkeypatch, score):
+    "Even if an evaluation returned NaN or inf (it raises first, see above), that score would neither be best nor saved."
     lr = Learner(tiny(query=1), tmp_path / 'run', progress=False)
-    monkeypatch.setattr(L, 'evaluate', lambda *a, **k: dict(accuracy=float('nan'), ci95=0.))
+    monkeypatch.setattr(L, 'evaluate', lambda *a, **k: dict(accuracy=score, ci95=0.))
     rec = lr.validate()
     assert rec['best'] is False and lr.best == -1.0 and not lr.run.best.exists()
