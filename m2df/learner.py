@@ -298,15 +298,15 @@ class Learner:
 
 # %% ../nbs/14_learner.ipynb #a9db3faa
 def load_trained_model(checkpoint,                   # a best.pt or last.pt
-                       device=None,                  # None: the device the config names
+                       device=None,                  # 'cpu', 'cuda', 'cuda:N' (config field `device`); None: the checkpoint's
                        **overrides) -> tuple:        # config fields to change (data paths, episode counts, device); None: kept
     "(model in eval mode, its config, the checkpoint) of a trained run; frozen towers come from `pretrained` when the checkpoint left them out."
     state = load_checkpoint(checkpoint)
-    cfg = M2DFConfig.from_dict(state['config']).replace(**{k: v for k, v in overrides.items() if v is not None})
+    cfg = M2DFConfig.from_dict(state['config']).replace(**{k: v for k, v in dict(overrides, device=None if device is None else str(device)).items() if v is not None})
     if state.get('frozen_saved', True): cfg = cfg.replace(pretrained=None)   # every weight is in the checkpoint itself
     model = M2DF(cfg)
     load_model_state(model, state, checkpoint)
-    return model.to(device or resolve_device(cfg)).eval(), cfg, state
+    return model.to(resolve_device(cfg)).eval(), cfg, state
 
 # %% ../nbs/14_learner.ipynb #9094d500
 CLI_WORDS = ('run_dir', 'dataset', 'preset', 'rescore_test')   # command-line words that are not config fields
