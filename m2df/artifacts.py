@@ -515,14 +515,12 @@ REPRESENTATIONS = {'raw': 'CLIP frames', 'local': 'LTCE view', 'global': 'GTCE v
 
 def load_run_model(run_dir, checkpoint: str = 'best', device='cpu'):
     "(model, cfg) of a finished run: its config, and the weights of its best (or last) checkpoint, in eval mode."
-    from m2df.model import M2DF
-    from m2df.runs import RunDir, load_checkpoint
+    from m2df.learner import load_trained_model
+    from m2df.runs import RunDir
     run = RunDir(run_dir)
-    cfg = M2DFConfig.from_dict(json.loads((run.path / 'config.json').read_text())).replace(pretrained=None)   # weights come from the checkpoint
     path = run.best if checkpoint == 'best' and run.best.exists() else run.last
-    model = M2DF(cfg)
-    model.load_state_dict(load_checkpoint(path, cfg)['model'])
-    return model.to(device).eval(), cfg
+    model, cfg, _ = load_trained_model(path, device)   # weights from the checkpoint (frozen towers it left out: from pretrained)
+    return model, cfg
 
 def video_vectors(tokens: torch.Tensor) -> torch.Tensor:
     "One unit vector per video from its B×T×D frame tokens: L2-normalise each token, average over time, normalise."

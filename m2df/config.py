@@ -4,14 +4,15 @@
 
 # %% ../nbs/00_config.ipynb #8f10abae
 from __future__ import annotations
-import dataclasses, hashlib, json
+import dataclasses, functools, hashlib, json, math, numbers, typing
 from dataclasses import dataclass, field, asdict, fields
 from typing import Any, Optional
+import numpy as np
 
 # %% auto #0
 __all__ = ['VIEWS', 'PPS_MODES', 'DISTILL_CONDITIONS', 'DISTILL_DIRECTIONS', 'TEXT_TOKENS', 'MATCHINGS',
            'DISTILL_NONE_REDUCTIONS', 'VIDEO_TEXT_HEADS', 'METHOD_PRESETS', 'BENCHMARK_PRESETS', 'M2DFConfig',
-           'make_config']
+           'ConfigError', 'coerce_value', 'field_types', 'coerce_fields', 'make_config']
 
 # %% ../nbs/00_config.ipynb #d6630cb4
 VIEWS = ('local', 'global', 'raw')           # LTCE view, GTCE view, plain CLIP frames (baseline)
@@ -110,11 +111,10 @@ class M2DFConfig:
     def __post_init__(self): self.validate()
 
     def validate(self):
-        "Raise a ValueError naming the first field that holds an impossible value."
-        self.views = tuple(self.views.split(',')) if isinstance(self.views, str) else tuple(self.views)
-        self.gtce_dilations = tuple(int(d) for d in (self.gtce_dilations.split(',') if isinstance(self.gtce_dilations, str) else self.gtce_dilations))
-        def need(ok, name, msg): 
-            if not ok: raise ValueError(f'config field {name!r} = {getattr(self, name)!r}: {msg}')
+        "Coerce every field to its annotated type, then raise a `ConfigError` naming the first field that holds an impossible value."
+        coerce_fields(self)
+        def need(ok, name, msg):
+            if not ok: raise ConfigError(f'config field {name!r} = {getattr(self, name)!r}: {msg}')
         for v in self.views: need(v in VIEWS, 'views', f'unknown view {v!r}, choose from {VIEWS}')
         need(len(self.views) > 0 and len(set(self.views)) == len(self.views), 'views', 'give one or more distinct views')
         need(self.pps_train_mode in PPS_MODES, 'pps_train_mode', f'choose from {PPS_MODES}')
@@ -153,7 +153,7 @@ class M2DFConfig:
         "Build from a dict (a run record, papermill parameters); unknown keys are an error."
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
-        if unknown: raise ValueError(f'unknown config field(s) {unknown}; known: {sorted(names)}')
+        if unknown: raise ConfigError(f'unknown config field(s) {unknown}; known: {sorted(names)}')
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
 
     def replace(self, **kw) -> 'M2DFConfig': return M2DFConfig.from_dict({**self.to_dict(), **kw})
@@ -163,6 +163,72 @@ class M2DFConfig:
         d = self.to_dict()
         if keys is not None: d = {k: d[k] for k in keys}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+# %% ../nbs/00_config.ipynb #9790f63f
+class ConfigError(ValueError):
+    "A config field holds a value of the wrong type or an impossible one; the one-line message names the field."
+
+_NONE_WORDS = ('none', 'null')   # strings that mean None for an Optional field (command line, papermill -r)
+
+def _fail(name, value, what): raise ConfigError(f'config field {name!r} = {value!r}: {what}')
+
+def coerce_value(name:str,      # field name, for the message
+                 value,         # the value given (Python object, or a string from the command line)
+                 tp,            # the field's annotated type (int, float, bool, str, tuple, Optional[...])
+                 default=None): # the field's default (a tuple default gives the type of a tuple's items)
+    "`value` as type `tp`, or a `ConfigError` naming the field: strict booleans, finite numbers, comma lists for tuples."
+    if typing.get_origin(tp) is typing.Union:
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS): return None
+        return coerce_value(name, value, inner[0], default) if len(inner) == 1 else value
+    if value is None: _fail(name, value, f'expected {_TYPE_WORDS.get(tp, tp)}, not None')
+    if tp is bool:
+        if isinstance(value, (bool, np.bool_)): return bool(value)
+        if isinstance(value, str) and value.strip().lower() in ('true', 'false'): return value.strip().lower() == 'true'
+        _fail(name, value, 'expected true or false')
+    if tp is int:
+        if isinstance(value, (bool, np.bool_)): _fail(name, value, 'expected an integer, not a boolean')
+        if isinstance(value, numbers.Integral): return int(value)
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer(): return int(value)
+        if isinstance(value, str):
+            try: return int(value.strip())
+            except ValueError: pass
+            try: f = float(value.strip())                  # '1e4' on a command line
+            except ValueError: f = None
+            if f is not None and math.isfinite(f) and f.is_integer(): return int(f)
+        _fail(name, value, 'expected an integer')
+    if tp is float:
+        if isinstance(value, (bool, np.bool_)): _fail(name, value, 'expected a number, not a boolean')
+        v = value
+        if isinstance(v, str):
+            try: v = float(v.strip())
+            except ValueError: _fail(name, value, 'expected a number')
+        if not isinstance(v, numbers.Real): _fail(name, value, 'expected a number')
+        if not math.isfinite(float(v)): _fail(name, value, 'must be a finite number')
+        return float(v)
+    if tp is str:
+        if not isinstance(value, str): _fail(name, value, 'expected a string')
+        return value
+    if tp is tuple or typing.get_origin(tp) is tuple:
+        items = [s.strip() for s in value.split(',')] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)): _fail(name, value, 'expected a comma-separated list')
+        item_tp = type(default[0]) if isinstance(default, tuple) and default else None
+        return tuple(coerce_value(name, v, item_tp) if item_tp in (int, float, bool, str) else v for v in items)
+    return value
+
+_TYPE_WORDS = {int: 'an integer', float: 'a number', bool: 'true or false', str: 'a string', tuple: 'a list'}
+
+@functools.lru_cache(maxsize=None)
+def field_types(cls) -> dict:
+    "{field name: (annotated type, default)} of the dataclass `cls`, resolved from its annotations."
+    hints = typing.get_type_hints(cls)
+    return {f.name: (hints[f.name], f.default if f.default is not dataclasses.MISSING else None) for f in fields(cls)}
+
+def coerce_fields(cfg):
+    "Set every field of the dataclass instance `cfg` to its value coerced to the field's annotated type."
+    for name, (tp, default) in field_types(type(cfg)).items():
+        setattr(cfg, name, coerce_value(name, getattr(cfg, name), tp, default))
+    return cfg
 
 # %% ../nbs/00_config.ipynb #5b34343b
 METHOD_PRESETS = {

@@ -93,7 +93,7 @@ class EpisodeSampler:
                  way: int, shot: int, query: int,  # N, K, Q
                  seed: int = 0,             # fixed for evaluation, the training seed otherwise
                  rank: int = 0,             # process rank in distributed training (ranks draw different episodes)
-                 min_videos_ok: bool = False):  # True: leave out classes with fewer than K+Q videos instead of failing
+                 min_videos_ok: bool = False):  # Python only: leave out classes with fewer than K+Q videos instead of failing
         for name, v in (('way', way), ('shot', shot), ('query', query)):
             if not isinstance(v, (int, np.integer)) or v < 1: raise ValueError(f'{name} must be a positive integer, got {v!r}')
         self.split, self.way, self.shot, self.query, self.seed, self.rank = split, way, shot, query, seed, rank
@@ -103,7 +103,8 @@ class EpisodeSampler:
         if short and not min_videos_ok:
             names = ', '.join(f'{split.classes[c]!r} ({n})' for c, n in sorted(short.items())[:10])
             raise ValueError(f'{split.file}: {len(short)} class(es) have fewer than shot+query = {shot}+{query} = {need} videos: '
-                             f'{names}. Lower shot/query or pass min_videos_ok=True to leave them out.')
+                             f'{names}. Lower the config fields shot or query (eval_query in evaluation), or remove '
+                             f'those classes from the list (which changes the benchmark).')
         self.classes = np.array(sorted(c for c, v in by_class.items() if len(v) >= need))
         if way > len(self.classes):
             raise ValueError(f'way = {way} is larger than the {len(self.classes)} classes of {split.benchmark}/{split.name} '

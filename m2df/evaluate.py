@@ -5,7 +5,7 @@
 # %% ../nbs/13_evaluate.ipynb #ebb3bbea
 from __future__ import annotations
 import hashlib, math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Optional
 import numpy as np, torch
@@ -17,8 +17,8 @@ from .episodes import (EpisodeSampler, VideoClipDataset, benchmark_data_root, be
 from .runs import atomic_write_text
 
 # %% auto #0
-__all__ = ['mean_ci95', 'paired_difference', 'weights_digest', 'feature_key', 'encode_videos', 'FeatureCache', 'episodes_of',
-           'evaluate']
+__all__ = ['mean_ci95', 'paired_difference', 'weights_digest', 'feature_key', 'encode_videos', 'FeatureCache', 'NonFiniteError',
+           'nonfinite_parameters', 'finite_inputs_guard', 'episode_seed', 'episodes_of', 'evaluate']
 
 # %% ../nbs/13_evaluate.ipynb #a2499204
 def mean_ci95(values) -> tuple:
@@ -77,6 +77,8 @@ class FeatureCache:
         store = self.mem.setdefault(key, {})
         f = self.root / f'{key}.pt' if (self.root and persist) else None
         if f is not None and not store and f.exists():
+            from m2df.runs import _is_torchscript_zip
+            if _is_torchscript_zip(f): raise RuntimeError(f'{f} is a TorchScript archive, not a feature cache (not loaded)')
             store.update(torch.load(f, weights_only=True))
         missing = [r for r in {r.path: r for r in records}.values() if r.path not in store]
         if missing:
@@ -89,6 +91,32 @@ class FeatureCache:
         return store
 
 # %% ../nbs/13_evaluate.ipynb #7aac50d4
+class NonFiniteError(FloatingPointError):
+    "NaN or ±inf in a model's features, logits or loss; the message names where (split or training step, episode)."
+
+def nonfinite_parameters(model, n: int = 5) -> list:
+    "Names of (at most `n`) parameters of `model` that hold NaN or ±inf."
+    return [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())][:n]
+
+@contextmanager
+def finite_inputs_guard(model, where):
+    "While active, a NaN/inf in the frame features or class texts reaching `model.pps` raises `NonFiniteError` naming `where()`."
+    pps = getattr(model, 'pps', None)
+    if pps is None: yield; return
+    def check(module, args):
+        for what, t in zip(('query frame features', 'class-prompt embeddings'), args[:2]):
+            if torch.is_tensor(t) and not bool(torch.isfinite(t).all()):
+                bad = nonfinite_parameters(model)
+                raise NonFiniteError(f'non-finite {what} at {where()}, before the prompt selector'
+                                     + (f'; the weights hold NaN/inf: {bad}' if bad else ''))
+    handle = pps.register_forward_pre_hook(check)
+    try: yield
+    finally: handle.remove()
+
+def episode_seed(seed: int, split: str, index: int) -> int:
+    "The torch seed of evaluation episode `index` of `split` (sampled prompts draw from it, whatever ran before)."
+    return int.from_bytes(hashlib.sha256(f'{seed}-{split}-{index}'.encode()).digest()[:8], 'little') % (2**63)
+
 def episodes_of(cfg: M2DFConfig, split: str, n_episodes: int, seed: Optional[int] = None, rank: int = 0):
     "The split and the `n_episodes` fixed evaluation episode specs (no decoding)."
     sp = benchmark_split(cfg, split)
@@ -101,7 +129,7 @@ def evaluate(model, cfg: M2DFConfig,
              n_episodes: Optional[int] = None, # default: cfg.val_episodes (val) or cfg.test_episodes (test)
              cache: Optional[FeatureCache] = None,  # None: a fresh in-memory cache; False: decode every episode
              device=None, progress: bool = False) -> dict:
-    "Accuracy of `model` on fixed episodes of `split`: mean, 95% CI, per-episode and per-class accuracy."
+    "Accuracy of `model` on fixed episodes of `split`: mean, 95% CI, per-episode and per-class accuracy; non-finite logits are an error."
     n_episodes = n_episodes or (cfg.val_episodes if split == 'val' else cfg.test_episodes)
     device = device or next(model.parameters()).device
     sp, specs = episodes_of(cfg, split, n_episodes)
@@ -116,19 +144,29 @@ def evaluate(model, cfg: M2DFConfig,
                           persist=cfg.freeze_backbone, device=device, progress=progress)
         batches = (dict(support=torch.stack([feats[r.path] for r in s.support]), query=torch.stack([feats[r.path] for r in s.query]),
                         support_labels=torch.as_tensor(s.support_labels), query_labels=torch.as_tensor(s.query_labels),
-                        class_ids=torch.as_tensor(s.class_ids)) for s in specs)
+                        class_ids=torch.as_tensor(s.class_ids), index=s.index) for s in specs)
     if progress:
         from tqdm.auto import tqdm; batches = tqdm(batches, total=n_episodes, desc=f'{split} episodes', leave=False)
     amp = torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda' and cfg.amp else nullcontext()
-    for ep in batches:
-        text = model.class_text([names[i] for i in ep['class_ids'].tolist()])
-        with amp:
-            out = model(ep['support'].to(device), ep['query'].to(device), ep['support_labels'].to(device), text)
-        pred = out['logits'].argmax(-1).cpu()
-        ok = (pred == ep['query_labels']).numpy()
-        accs.append(float(ok.mean()))
-        cls = ep['class_ids'][ep['query_labels']].numpy()
-        np.add.at(per_class, (cls, 0), ok.astype(np.int64)); np.add.at(per_class, (cls, 1), 1)
+    index = None
+    where = lambda: f'{split} episode {index}'
+    with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []), finite_inputs_guard(model, where):
+        for ep in batches:
+            index = int(ep['index'])
+            torch.manual_seed(episode_seed(cfg.eval_seed, split, index))
+            text = model.class_text([names[i] for i in ep['class_ids'].tolist()])
+            with amp:
+                out = model(ep['support'].to(device), ep['query'].to(device), ep['support_labels'].to(device), text)
+            if not bool(torch.isfinite(out['logits']).all()):
+                bad = nonfinite_parameters(model)
+                model.train(was)
+                raise NonFiniteError(f'non-finite logits at {where()} (of {n_episodes}): the score would be meaningless'
+                                     + (f'; the weights hold NaN/inf: {bad}' if bad else ''))
+            pred = out['logits'].argmax(-1).cpu()
+            ok = (pred == ep['query_labels']).numpy()
+            accs.append(float(ok.mean()))
+            cls = ep['class_ids'][ep['query_labels']].numpy()
+            np.add.at(per_class, (cls, 0), ok.astype(np.int64)); np.add.at(per_class, (cls, 1), 1)
     model.train(was)
     mean, ci = mean_ci95(accs)
     return dict(split=split, episodes=n_episodes, way=cfg.way, shot=cfg.shot, query=cfg.eval_query, seed=cfg.eval_seed,

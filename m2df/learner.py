@@ -10,15 +10,17 @@ from pathlib import Path
 from typing import Optional
 import numpy as np, torch, torch.distributed as dist
 
-from .config import M2DFConfig, make_config
+from .config import ConfigError, M2DFConfig, coerce_value, make_config
 from .episodes import EpisodeSampler, benchmark_split, episode_loader
-from .evaluate import FeatureCache, evaluate, weights_digest
+from .evaluate import (FeatureCache, NonFiniteError, evaluate, finite_inputs_guard, nonfinite_parameters,
+                           weights_digest)
 from .model import M2DF, m2df_loss
-from .runs import RunDir, atomic_write_text, load_checkpoint, save_checkpoint
+from .runs import (ResumeConfigError, RunDir, atomic_write_text, check_resume_config, frozen_keys, kill_point,
+                       load_checkpoint, load_model_state, model_state, nonfinite_tensors, save_checkpoint, tensors_digest)
 
 # %% auto #0
-__all__ = ['resolve_device', 'step_seed', 'seed_everything', 'distributed_env', 'truncate_logs', 'Learner', 'parse_overrides',
-           'cli_config', 'main']
+__all__ = ['CLI_WORDS', 'resolve_device', 'step_seed', 'seed_everything', 'distributed_env', 'truncate_logs', 'Learner',
+           'load_trained_model', 'parse_overrides', 'cli_config', 'main']
 
 # %% ../nbs/14_learner.ipynb #39b4e28c
 def resolve_device(cfg: M2DFConfig, local_rank: int = 0) -> torch.device:
@@ -53,8 +55,8 @@ def truncate_logs(run: RunDir, step: int):
             head = line.split(',', 1)[0]
             return line.endswith('\n') and head.isdigit() and int(head) <= step
         rows = [l for l in lines[1:] if kept(l)]
-        if rows: atomic_write_text(m, ''.join(lines[:1] + rows))
-        else: m.unlink()
+        if not rows: m.unlink()
+        elif len(rows) < len(lines) - 1: atomic_write_text(m, ''.join(lines[:1] + rows))   # untouched when nothing is dropped
     v = run.path / 'val.jsonl'
     if v.exists():
         recs = []
@@ -62,27 +64,37 @@ def truncate_logs(run: RunDir, step: int):
             try: ok = line.endswith('\n') and json.loads(line)['step'] <= step
             except (ValueError, KeyError, TypeError): ok = False
             if ok: recs.append(line)
-        atomic_write_text(v, ''.join(recs))
+        if ''.join(recs) != v.read_text(): atomic_write_text(v, ''.join(recs))
 
 # %% ../nbs/14_learner.ipynb #e0df5152
 class Learner:
     "Trains `M2DF` under `cfg` into `run_dir`, resuming from its last checkpoint when there is one."
     def __init__(self, cfg: M2DFConfig, run_dir,
-                 resume: bool = True,       # continue from run_dir/checkpoints/last.pt if it exists
+                 resume: bool = True,       # continue from run_dir/checkpoints/last.pt if it exists; False: start the run over
                  progress: bool = True,     # tqdm progress bars (rank 0)
                  model: Optional[M2DF] = None):
         self.cfg, self.run, self.progress = cfg, RunDir(run_dir), progress
+        self.rank, self.world, self.local_rank = distributed_env()
+        saved = self.run.saved_config() if resume else None   # cheap checks first: the run's own settings, then the data
+        self.changes = {}
+        if saved is not None:
+            try: self.changes = check_resume_config(saved, cfg, f'run_dir {str(self.run.path)!r}')
+            except ResumeConfigError as e:
+                if self.rank == 0: self.run.start(cfg, cfg.seed, 'refused', error=str(e))
+                raise
         from m2df.episodes import benchmark_data_root
         from m2df.datacheck import check_before_training, read_split_lists
         benchmark_data_root(cfg)            # missing videos: stop now, saying where to get them
         read_split_lists(cfg)               # a bad or missing split list or labels file: stop before the weights load
-        self.rank, self.world, self.local_rank = distributed_env()
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group('nccl' if torch.cuda.is_available() and cfg.device != 'cpu' else 'gloo')
         self.device = resolve_device(cfg, self.local_rank)
         if self.device.type == 'cuda': torch.cuda.set_device(self.device)
         seed_everything(cfg.seed)
         self.model = (model or M2DF(cfg)).to(self.device)
+        # frozen towers loaded from named weights are rebuilt, not saved; their digest is computed once (they never change)
+        self.frozen_rebuildable = getattr(getattr(self.model, 'cfg', cfg), 'pretrained', cfg.pretrained) is not None
+        self.frozen_digest = tensors_digest(self.model.state_dict(), frozen_keys(self.model))
         self.ddp = self.model
         if self.world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
@@ -96,15 +108,20 @@ class Learner:
         self.per_step = self.per_rank * self.world                           # episodes per optimiser step
         self.total_steps = math.ceil(cfg.episodes / self.per_step)
         self.step, self.best, self.history = 0, -1.0, []
+        self.run_correct, self.run_queries, self.elapsed = 0., 0., 0.      # running accuracy and training time, resumed too
+        self.episode_digest = ''                                            # chained digest of this rank's episodes
         self.cache = FeatureCache(Path(run_dir) / 'features')
         self.data_report = check_before_training(cfg, run_dir, progress)   # every video found and opened (or cached result)
         self.split = benchmark_split(cfg, 'train')
-        self.episode_digest = hashlib.sha256()
         if resume and self.run.last.exists(): self.load(self.run.last)
         self.start_step = self.step
         if self.rank == 0:
-            self.run.start(cfg, cfg.seed)
+            removed = [str(f) for f in self.run.remove_stale_temporaries()]
+            if not resume: self.clear_results()
+            self.run.start(cfg, cfg.seed, 'resumed' if saved is not None else 'started', step=self.step, removed=removed,
+                           changes={k: list(ab) for k, ab in self.changes.items()})
             truncate_logs(self.run, self.step)   # rows of steps after the checkpoint are redone below
+        if self.world > 1: dist.barrier()
 
     @property
     def episode(self) -> int: return self.step * self.per_step
@@ -114,23 +131,46 @@ class Learner:
         if self.cfg.schedule == 'constant': return self.cfg.lr
         return 0.5 * self.cfg.lr * (1 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps))
 
-    # ---- checkpoints
-    def state(self) -> dict:
-        return dict(model=self.model.state_dict(), optimizer=self.opt.state_dict(), scaler=self.scaler.state_dict(),
-                    step=self.step, episode=self.episode, best=self.best, history=self.history, config=self.cfg.to_dict(),
-                    world=self.world)
+    def clear_results(self):
+        "A run started over (resume=False): drop the checkpoints and scores of the earlier one, which no longer describe it."
+        for f in (self.run.last, self.run.best, *(self.run.path / n for n in ('test.json', 'result.json', 'env.json'))):
+            f.unlink(missing_ok=True)
 
-    def save(self, path):
-        if self.rank == 0: save_checkpoint(path, self.state())
+    # ---- checkpoints
+    def state(self, full: bool = True, digests=None) -> dict:
+        "Checkpoint contents: the weights (frozen towers left out when rebuildable) and counters; `full` adds what resumption needs."
+        s = dict(**model_state(self.model, self.frozen_rebuildable, self.frozen_digest), step=self.step, episode=self.episode,
+                 best=self.best, history=self.history, config=self.cfg.to_dict(), world=self.world)
+        if full:
+            s.update(optimizer=self.opt.state_dict(), scaler=self.scaler.state_dict(), run_correct=self.run_correct,
+                     run_queries=self.run_queries, elapsed=self.elapsed, episode_digests=digests or [self.episode_digest])
+        return s
+
+    def save(self, path, full: bool = True):
+        "Write a checkpoint (rank 0); `full=False` leaves out the optimiser and counters (best.pt). Non-finite weights are never saved."
+        bad = nonfinite_parameters(self.model)
+        if bad: raise NonFiniteError(f'the weights hold NaN/inf after step {self.step} ({bad}); {path} was not overwritten')
+        digests = [self.episode_digest]
+        if full and self.world > 1:
+            digests = [None] * self.world; dist.all_gather_object(digests, self.episode_digest)
+        if self.rank == 0: save_checkpoint(path, self.state(full, digests))
 
     def load(self, path):
-        "Restore model, optimiser and counters from a checkpoint written for this architecture."
+        "Restore model, optimiser and counters from a checkpoint written for this architecture; refuse non-finite weights."
         s = load_checkpoint(path, self.cfg, map_location=self.device)
+        bad = nonfinite_tensors(s['model'])
+        if bad:
+            raise NonFiniteError(f'checkpoint {path} holds non-finite weights ({len(bad)} tensors with NaN/inf, e.g. {bad[:3]}) '
+                                 f'and cannot be resumed; start the run over (resume=False) or from an earlier copy')
         if s.get('world', 1) != self.world:
             raise ValueError(f'checkpoint {path} was written by a run of {s.get("world", 1)} processes; resume it with the same '
                              f'number (now {self.world}), or start a new run_dir')
-        self.model.load_state_dict(s['model']); self.opt.load_state_dict(s['optimizer']); self.scaler.load_state_dict(s['scaler'])
+        if 'optimizer' not in s: raise ValueError(f'checkpoint {path} holds no optimiser state (a best.pt?); resume from a last.pt')
+        load_model_state(self.model, s, path)
+        self.opt.load_state_dict(s['optimizer']); self.scaler.load_state_dict(s['scaler'])
         self.step, self.best, self.history = s['step'], s['best'], s['history']
+        self.run_correct, self.run_queries, self.elapsed = s.get('run_correct', 0.), s.get('run_queries', 0.), s.get('elapsed', 0.)
+        self.episode_digest = (s.get('episode_digests') or [''] * self.world)[self.rank]
 
     # ---- data
     def batches(self, start_step: int):
@@ -156,14 +196,18 @@ class Learner:
         for g in self.opt.param_groups: g['lr'] = self.lr_at(self.step)
         self.ddp.train()
         tot = dict(loss=0., ce=0., distill=0., correct=0., queries=0., episodes=0.)
+        index = None
+        where = lambda: f'training episode {index} (rank {self.rank}, step {self.step})'
         for j, ep in enumerate(episodes):
-            self.episode_digest.update(str(ep['index']).encode() + bytes(ep['class_ids'].numpy().astype(np.int64)))
+            index = int(ep['index'])
+            self.episode_digest = hashlib.sha256(self.episode_digest.encode() + str(index).encode()
+                                                 + bytes(ep['class_ids'].numpy().astype(np.int64))).hexdigest()
             text = m.class_text([self.split.class_names[i] for i in ep['class_ids'].tolist()])
             last = j == len(episodes) - 1
             sync = self.ddp.no_sync() if (self.world > 1 and not last) else nullcontext()
             amp = torch.autocast('cuda', dtype=self.amp_dtype) if self.amp else nullcontext()
             yq = ep['query_labels'].to(self.device)
-            with sync:
+            with sync, finite_inputs_guard(m, where):
                 with amp:
                     out = self.ddp(ep['support'].to(self.device, non_blocking=True), ep['query'].to(self.device, non_blocking=True),
                                    ep['support_labels'].to(self.device), text)
@@ -171,8 +215,8 @@ class Learner:
                           split_text=m.class_text(self.split.class_names)) if cfg.lam_vt else {}   # the video-text loss's inputs
                 loss, parts = m2df_loss(out, yq, cfg, **vt)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f'loss is {loss.item()} at training episode {ep["index"]} (rank {self.rank}, '
-                                             f'step {self.step}); parts: { {k: float(v) for k, v in parts.items()} }')
+                    raise NonFiniteError(f'loss is {loss.item()} at {where()}; parts: { {k: float(v) for k, v in parts.items()} }'
+                                         + (f'; the weights hold NaN/inf: {nonfinite_parameters(m)}' if nonfinite_parameters(m) else ''))
                 self.scaler.scale(loss / len(episodes)).backward()
             tot['loss'] += loss.item(); tot['ce'] += parts['ce'].item(); tot['distill'] += float(parts.get('distill', 0.))
             tot['correct'] += (out['logits'].argmax(-1) == yq).sum().item(); tot['queries'] += len(yq); tot['episodes'] += 1
@@ -188,7 +232,7 @@ class Learner:
 
     # ---- validation
     def validate(self) -> dict:
-        "Score fixed validation episodes (rank 0); keep the best checkpoint."
+        "Score fixed validation episodes (rank 0); keep the best checkpoint (a non-finite score is an error, never a best)."
         rec = {}
         if self.rank == 0:
             r = evaluate(self.model, self.cfg, 'val', cache=self.cache, device=self.device)
@@ -197,15 +241,16 @@ class Learner:
                 t = evaluate(self.model, self.cfg, 'test', cache=self.cache, device=self.device)
                 rec.update(test_accuracy=t['accuracy'], test_ci95=t['ci95'])
             score = rec['test_accuracy'] if self.cfg.select_on_test else rec['val_accuracy']
-            rec['best'] = score > self.best
+            rec['best'] = math.isfinite(score) and score > self.best
             if rec['best']: self.best = score
             self.history.append(rec)
             self.run.log_json('val.jsonl', rec)
-            if rec['best']: self.save(self.run.best)
+            if rec['best']: self.save(self.run.best, full=False)
         if self.world > 1: dist.barrier()
         return rec
 
-    def fit(self, test: bool = True) -> dict:
+    def fit(self, test: bool = True,          # score the test split once at the end, from the best checkpoint
+            rescore: bool = False) -> dict:   # score it again even if this run finished and scored it before
         "Train to `cfg.episodes`, validating and checkpointing; then score the test split once from the best checkpoint."
         cfg = self.cfg
         save_every = cfg.save_every or cfg.val_every
@@ -214,70 +259,95 @@ class Learner:
         if self.progress and self.rank == 0:
             from tqdm.auto import tqdm
             bar = tqdm(total=self.total_steps * self.per_step, initial=self.episode, desc='training episodes')
-        t0, run_correct, run_q = time.time(), 0., 0.
+        t0 = time.time() - self.elapsed
         while self.step < self.total_steps:
             eps = [next(it) for _ in range(self.per_rank)]
             before = self.episode
             tot = self.train_step(eps)
-            run_correct += tot['correct']; run_q += tot['queries']
+            self.run_correct += tot['correct']; self.run_queries += tot['queries']; self.elapsed = time.time() - t0
             row = dict(step=self.step, episode=self.episode, loss=tot['loss'] / tot['episodes'], ce=tot['ce'] / tot['episodes'],
                        distill=tot['distill'] / tot['episodes'], acc=100 * tot['correct'] / tot['queries'],
-                       running_acc=100 * run_correct / run_q, lr=self.lr_at(self.step - 1), seconds=round(time.time() - t0, 2))
+                       running_acc=100 * self.run_correct / self.run_queries, lr=self.lr_at(self.step - 1),
+                       seconds=round(self.elapsed, 2))
             if self.rank == 0:
                 self.run.log_metrics(row)
+                kill_point('step', self.step)
                 if bar: bar.update(self.per_step); bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['running_acc']:.1f}")
             crossed = lambda every: every and before // every != self.episode // every
             if crossed(cfg.val_every) or self.step == self.total_steps: self.validate()
             if crossed(save_every) or self.step == self.total_steps: self.save(self.run.last)
         if bar: bar.close()
         digests, weights = [None] * self.world, [None] * self.world
-        mine = (self.episode_digest.hexdigest(), weights_digest(self.model))
+        mine = (self.episode_digest, weights_digest(self.model))
         if self.world > 1: dist.all_gather_object(digests, mine[0]); dist.all_gather_object(weights, mine[1])
         else: digests, weights = [mine[0]], [mine[1]]
         result = dict(run_dir=str(self.run.path), episodes=self.episode, steps=self.step, start_step=self.start_step,
                       world=self.world, best_val=self.best, rank_episode_digests=digests, rank_weight_digests=weights)
+        scored = self.run.path / 'test.json'
+        done_before = self.start_step >= self.total_steps and scored.exists() and not rescore   # a finished run, run again
         if test and self.rank == 0:
-            if self.run.best.exists(): self.model.load_state_dict(load_checkpoint(self.run.best, cfg, self.device)['model'])
-            r = evaluate(self.model, cfg, 'test', cache=self.cache, device=self.device, progress=self.progress)
-            r['checkpoint'] = str(self.run.best if self.run.best.exists() else self.run.last)
-            r['selected_on'] = 'test' if cfg.select_on_test else 'val'
-            self.run.write_json('test.json', r)
+            if done_before: r = json.loads(scored.read_text())
+            else:
+                if self.run.best.exists(): load_model_state(self.model, load_checkpoint(self.run.best, cfg, self.device), self.run.best)
+                r = evaluate(self.model, cfg, 'test', cache=self.cache, device=self.device, progress=self.progress)
+                r['checkpoint'] = str(self.run.best if self.run.best.exists() else self.run.last)
+                r['selected_on'] = 'test' if cfg.select_on_test else 'val'
+                self.run.write_json('test.json', r)
             result['test'] = {k: r[k] for k in ('accuracy', 'ci95', 'episodes')}
-        if self.rank == 0: self.run.write_json('result.json', result)
+        if self.rank == 0 and not (done_before and (self.run.path / 'result.json').exists()):
+            self.run.write_json('result.json', result)
         if self.world > 1: dist.barrier()
         return result
 
+# %% ../nbs/14_learner.ipynb #a9db3faa
+def load_trained_model(checkpoint,                   # a best.pt or last.pt
+                       device=None,                  # 'cpu', 'cuda', 'cuda:N' (config field `device`); None: the checkpoint's
+                       check=None,                   # called with the config before the model is built (e.g. the data check)
+                       **overrides) -> tuple:        # config fields to change (data paths, episode counts, ...); None sets None
+    "(model in eval mode, its config, the checkpoint) of a trained run; frozen towers come from `pretrained` when the checkpoint left them out."
+    state = load_checkpoint(checkpoint)
+    cfg = M2DFConfig.from_dict(state['config']).replace(**overrides, **({} if device is None else dict(device=str(device))))
+    if state.get('frozen_saved', True): cfg = cfg.replace(pretrained=None)   # every weight is in the checkpoint itself
+    if check is not None: check(cfg)
+    model = M2DF(cfg)
+    load_model_state(model, state, checkpoint)
+    return model.to(resolve_device(cfg)).eval(), cfg, state
+
 # %% ../nbs/14_learner.ipynb #9094d500
+CLI_WORDS = ('run_dir', 'dataset', 'preset', 'rescore_test', 'progress')   # command-line words that are not config fields
+
 def parse_overrides(args) -> dict:
-    "Parse `key=value` command-line words into typed values (numbers, booleans, None, comma lists stay strings)."
+    "`key=value` command-line words as {key: value string} (`none`/`null` -> None); the config converts each to its field's type."
     out = {}
     for a in args:
-        if '=' not in a: raise SystemExit(f'arguments are key=value, got {a!r}')
+        if '=' not in a: raise ConfigError(f'arguments are key=value, got {a!r}')
         k, v = a.split('=', 1)
-        low = v.lower()
-        if low in ('true', 'false'): v = low == 'true'
-        elif low in ('none', 'null'): v = None
-        else:
-            for cast in (int, float):
-                try: v = cast(v); break
-                except ValueError: pass
-        out[k] = v
+        out[k] = None if v.strip().lower() in ('none', 'null') else v
     return out
 
 def cli_config(args) -> tuple:
     "(config, run_dir) of command-line words; an explicit `key=none` sets the field to None (`make_config` skips Nones)."
     kw = parse_overrides(args)
-    run_dir = kw.pop('run_dir', 'runs/train')
-    cfg = make_config(kw.pop('dataset', 'synthetic'), kw.pop('preset', 'paper'), **kw)
+    run_dir = kw.pop('run_dir', None) or 'runs/train'
+    kw.pop('rescore_test', None); kw.pop('progress', None)
+    cfg = make_config(kw.pop('dataset', None) or 'synthetic', kw.pop('preset', None) or 'paper', **kw)
     nones = {k: None for k, v in kw.items() if v is None}
     return (cfg.replace(**nones) if nones else cfg), run_dir
 
 def main(argv=None):
-    "Entry point of `python -m m2df.learner` and `torchrun -m m2df.learner`."
-    args = list(sys.argv[1:] if argv is None else argv)
-    progress = parse_overrides([a for a in args if a.startswith('progress=')]).get('progress', True)   # progress=false: quiet
-    cfg, run_dir = cli_config([a for a in args if not a.startswith('progress=')])
-    res = Learner(cfg, run_dir, progress=progress).fit()
+    "Entry point of `python -m m2df.learner` and `torchrun -m m2df.learner`; a bad setting prints its message and exits with 2."
+    from m2df.datacheck import DataCheckError
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        words = parse_overrides(argv)
+        rescore = coerce_value('rescore_test', words.get('rescore_test') or 'false', bool)
+        progress = coerce_value('progress', words.get('progress') or 'true', bool)   # progress=false: no bars
+        cfg, run_dir = cli_config(argv)
+        learner = Learner(cfg, run_dir, progress=progress)
+    except (ConfigError, FileNotFoundError, DataCheckError) as e:
+        print(f'm2df.learner: {e}', file=sys.stderr)
+        raise SystemExit(2)
+    res = learner.fit(rescore=rescore)
     if res.get('test'): print(json.dumps(res['test']))
     if dist.is_initialized(): dist.destroy_process_group()
     return res

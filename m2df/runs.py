@@ -4,17 +4,19 @@
 
 # %% ../nbs/12_runs.ipynb #8fddb26f
 from __future__ import annotations
-import csv, json, os, platform, subprocess, sys, tempfile, time
+import csv, dataclasses, hashlib, json, os, platform, subprocess, sys, tempfile, time
 from importlib import metadata
 from pathlib import Path
 from typing import Optional
 import torch
 
-from .config import M2DFConfig
+from .config import ConfigError, M2DFConfig
 
 # %% auto #0
-__all__ = ['PACKAGES', 'ARCH_FIELDS', 'package_versions', 'git_commit', 'environment_record', 'atomic_write_text', 'RunDir',
-           'save_checkpoint', 'config_mismatch', 'load_checkpoint']
+__all__ = ['PACKAGES', 'ARCH_FIELDS', 'RESUME_MAY_CHANGE', 'package_versions', 'git_commit', 'environment_record',
+           'atomic_write_text', 'RunDir', 'kill_requested', 'kill_point', 'save_checkpoint', 'config_mismatch',
+           'load_checkpoint', 'frozen_keys', 'tensors_digest', 'model_state', 'load_model_state', 'nonfinite_tensors',
+           'ResumeConfigError', 'resume_changes', 'check_resume_config']
 
 # %% ../nbs/12_runs.ipynb #6acbffdb
 PACKAGES = ('torch', 'torchvision', 'open_clip_torch', 'decord', 'av', 'numpy', 'nbdev', 'papermill', 'm2df')
@@ -65,13 +67,27 @@ class RunDir:
     @property
     def best(self) -> Path: return self.ckpt_dir / 'best.pt'
 
-    def start(self, cfg: M2DFConfig, seed: int):
-        "Write config.json and env.json (a resumed run keeps its config and adds an env record)."
+    def saved_config(self) -> Optional[dict]:
+        "The config this run was started with (config.json), or None for a new run."
+        f = self.path / 'config.json'
+        return json.loads(f.read_text()) if f.exists() else None
+
+    def start(self, cfg: M2DFConfig, seed: int, outcome: str = 'started', **info):
+        "Write config.json, env.json (first start only) and one line of attempts.jsonl (every start: started, resumed, refused)."
         self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path / 'config.json', json.dumps(cfg.to_dict(), indent=1))
         env = environment_record(seed)
-        name = 'env.json' if not (self.path / 'env.json').exists() else f'env-resumed-{int(time.time())}.json'
-        atomic_write_text(self.path / name, json.dumps(env, indent=1))
+        if outcome != 'refused': atomic_write_text(self.path / 'config.json', json.dumps(cfg.to_dict(), indent=1))
+        if outcome != 'refused' and not (self.path / 'env.json').exists():
+            atomic_write_text(self.path / 'env.json', json.dumps(env, indent=1))
+        self.log_json('attempts.jsonl', dict(outcome=outcome, **info, **env))
+
+    def remove_stale_temporaries(self) -> list:
+        "Delete the temporary files (`.<name>.*.tmp`) that a process killed while writing left behind; their paths."
+        gone = []
+        for d in (self.path, self.ckpt_dir, self.path / 'features'):
+            for f in (d.glob('.*.tmp') if d.is_dir() else []):
+                f.unlink(missing_ok=True); gone.append(f)
+        return gone
 
     def log_metrics(self, row: dict):
         "Append one row to metrics.csv (header from the first row)."
@@ -92,13 +108,31 @@ class RunDir:
 ARCH_FIELDS = ('backbone', 'use_pps', 'views', 'gtce_dilations', 'gtce_kernel', 'fusion_depth', 'fusion_heads', 'fusion_ffn',
                'frames', 'matching')
 
+def kill_requested(*where) -> bool:
+    "True if the environment variable `M2DF_KILL_AT` (comma-separated points such as `step:3`, `save:last.pt:4`) lists `where`."
+    points = os.environ.get('M2DF_KILL_AT', '')
+    return bool(points) and ':'.join(map(str, where)) in points.split(',')
+
+def kill_point(*where):
+    "Fault injection for the resumption tests: SIGKILL this process here if `M2DF_KILL_AT` lists `where`."
+    if kill_requested(*where):
+        import signal
+        os.kill(os.getpid(), signal.SIGKILL)
+
 def save_checkpoint(path, state: dict):
     "Atomically `torch.save` `state` (tensors, numbers, strings, lists and dicts only) to `path`."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
         with os.fdopen(fd, 'wb') as f:
-            torch.save(state, f); f.flush(); os.fsync(f.fileno())
+            if kill_requested('save', path.name, state.get('step')):   # a test kills this save half-way: write half, die
+                import io
+                buf = io.BytesIO(); torch.save(state, buf); data = buf.getvalue()
+                f.write(data[:len(data) // 2]); f.flush(); os.fsync(f.fileno())
+                kill_point('save', path.name, state.get('step'))
+                f.write(data[len(data) // 2:])
+            else: torch.save(state, f)
+            f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True); raise
@@ -108,10 +142,17 @@ def config_mismatch(saved: dict, cfg: M2DFConfig, fields=ARCH_FIELDS) -> dict:
     now = cfg.to_dict()
     return {k: (saved.get(k), now[k]) for k in fields if saved.get(k) != now[k]}
 
+def _is_torchscript_zip(path) -> bool:
+    "True for a zip with TorchScript entries, which torch.load would hand to torch.jit.load even with weights_only=True."
+    import zipfile
+    if not zipfile.is_zipfile(path): return False
+    with zipfile.ZipFile(path) as z: return any('/code/' in n or n.endswith('/constants.pkl') for n in z.namelist())
+
 def load_checkpoint(path, cfg: Optional[M2DFConfig] = None, map_location='cpu') -> dict:
-    "Load a checkpoint with `weights_only=True`; with `cfg`, refuse one written for another architecture."
+    "Load a checkpoint with `weights_only=True` (never running code); with `cfg`, refuse one written for another architecture."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f'checkpoint {path} does not exist')
+    if _is_torchscript_zip(path): raise RuntimeError(f'{path} is a TorchScript archive, not an m2df checkpoint (not loaded: it could run code)')
     try: state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e: raise RuntimeError(f'checkpoint {path} cannot be read ({type(e).__name__}: {e})') from None
     if not isinstance(state, dict) or 'model' not in state or 'config' not in state:
@@ -123,3 +164,76 @@ def load_checkpoint(path, cfg: Optional[M2DFConfig] = None, map_location='cpu') 
             raise ValueError(f'checkpoint {path} was written for another model: {lines}. '
                              f'Use the config it was trained with (its run folder has config.json).')
     return state
+
+# %% ../nbs/12_runs.ipynb #b02509ed
+def frozen_keys(model) -> list:
+    "State-dict keys of the frozen backbone towers of an `M2DF` model: the text tower, and the visual one under `freeze_backbone`."
+    bb = getattr(model, 'backbone', None)
+    if bb is None or not hasattr(bb, 'clip'): return []
+    visual_frozen = bool(getattr(bb, 'freeze_visual', False))
+    return [k for k in model.state_dict() if k.startswith('backbone.clip.') and (visual_frozen or not k.startswith('backbone.clip.visual.'))]
+
+def tensors_digest(sd: dict, keys) -> str:
+    "A digest of the tensors `sd[k]` for `keys` (names, shapes, dtypes and bytes)."
+    h = hashlib.sha256()
+    for k in sorted(keys):
+        t = sd[k].detach().cpu().contiguous()
+        h.update(k.encode()); h.update(f'{tuple(t.shape)} {t.dtype}'.encode())
+        if t.numel(): h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+def model_state(model, rebuildable: bool, frozen_digest: Optional[str] = None) -> dict:
+    "The checkpoint entries of `model`'s weights: its state dict, without the frozen towers when they can be `rebuildable` from `pretrained`."
+    sd = model.state_dict()
+    keys = frozen_keys(model)
+    digest = frozen_digest or tensors_digest(sd, keys)
+    if rebuildable: sd = {k: v for k, v in sd.items() if k not in set(keys)}
+    return dict(model=sd, frozen_digest=digest, frozen_saved=not rebuildable)
+
+def load_model_state(model, state: dict, path='checkpoint'):
+    "Load a checkpoint's weights into `model`; when the frozen towers were left out, `model` must hold the very same frozen weights."
+    sd, keys = state['model'], frozen_keys(model)
+    left_out = [k for k in keys if k not in sd]
+    if left_out:
+        want, have = state.get('frozen_digest'), tensors_digest(model.state_dict(), keys)
+        if want != have:
+            cfg = state.get('config', {})
+            raise ValueError(f'checkpoint {path} leaves out the frozen backbone weights ({len(left_out)} tensors; they are rebuilt '
+                             f"from config field pretrained = {cfg.get('pretrained')!r} of backbone {cfg.get('backbone')!r}), but "
+                             f'the frozen weights of the model built here differ from those it was trained with (digest {have}, '
+                             f'checkpoint {want}). Build the model from the run\'s config.json with the same pretrained weights.')
+    got = model.load_state_dict(sd, strict=False)
+    missing = [k for k in got.missing_keys if k not in set(left_out)]
+    if missing or got.unexpected_keys:
+        raise ValueError(f'checkpoint {path} does not fit the model: missing {missing[:5]}, unexpected {got.unexpected_keys[:5]}')
+    return model
+
+def nonfinite_tensors(sd: dict) -> list:
+    "Names of the floating-point tensors of the state dict `sd` that hold NaN or ±inf."
+    return [k for k, v in sd.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+# %% ../nbs/12_runs.ipynb #073295c9
+RESUME_MAY_CHANGE = ('data_root', 'splits_dir', 'num_workers', 'device')   # where data and computation are, not what is computed
+
+class ResumeConfigError(ConfigError):
+    "A run folder asked to resume with settings other than those its earlier steps were made with."
+
+def resume_changes(saved: dict, cfg: M2DFConfig) -> dict:
+    "{field: (saved, now)} for every field on which `cfg` differs from a run's saved config (a field the saved one lacks counts as its default)."
+    defaults = {f.name: (list(f.default) if isinstance(f.default, tuple) else f.default) for f in dataclasses.fields(M2DFConfig)}
+    now = cfg.to_dict()
+    return {k: (saved.get(k, defaults.get(k)), v) for k, v in now.items() if saved.get(k, defaults.get(k)) != v}
+
+def check_resume_config(saved: dict, cfg: M2DFConfig, where) -> dict:
+    "The allowed changes (data/compute locations; more `episodes` under a constant schedule); a `ResumeConfigError` for any other."
+    changes = resume_changes(saved, cfg)
+    def allowed(k, a, b):
+        if k in RESUME_MAY_CHANGE: return True
+        return k == 'episodes' and isinstance(a, int) and b >= a and cfg.schedule == 'constant'
+    refused = {k: ab for k, ab in changes.items() if not allowed(k, *ab)}
+    if refused:
+        what = ', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in refused.items())
+        raise ResumeConfigError(f'{where} was run with other settings ({what}); a run keeps the settings its steps were made '
+                                f'with. Use the same ones (its config.json), or a new run_dir; only {", ".join(RESUME_MAY_CHANGE)} '
+                                f'may change, and episodes may grow under the constant schedule.')
+    return changes

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_splits.ipynb #48eb7cfa
 from __future__ import annotations
-import hashlib, json, os, re, tempfile, urllib.error, urllib.request, warnings
+import functools, hashlib, json, os, re, tempfile, urllib.error, urllib.request, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional
@@ -13,7 +13,7 @@ from typing import NamedTuple, Optional
 __all__ = ['SOURCE_REPO', 'SOURCE_COMMIT', 'SOURCE_URL', 'SPLITS', 'NAMINGS', 'SSV2_LABELS', 'BENCHMARKS', 'SplitError',
            'Benchmark', 'get_benchmark', 'parse_split_lines', 'class_key', 'sort_class_keys', 'camel_to_words',
            'read_ssv2_labels', 'class_names', 'VideoRecord', 'Split', 'cache_root', 'file_sha256', 'fetch_splits',
-           'find_split_file', 'find_ssv2_labels', 'load_split']
+           'find_split_file', 'find_ssv2_labels', 'video_key', 'read_split_file', 'check_disjoint_splits', 'load_split']
 
 # %% ../nbs/01_splits.ipynb #47768ad7
 SOURCE_REPO = 'cofly2014/CLIP-MDMF'                      # the CLIP-M²DF authors' code, source of the split lists
@@ -260,6 +260,50 @@ def find_ssv2_labels(labels_json=None, data_root=None, split_file=None) -> Path:
                             f'the SSv2 annotations ({BENCHMARKS["ssv2_full"].videos_url}). Pass labels_json=<path> or '
                             f'put it at one of {[str(c) for c in cands]}')
 
+# %% ../nbs/01_splits.ipynb #4b6f6e76
+def video_key(rel:str) -> str:
+    "The video id of a split line without a video-file extension: `cls/v` and `cls/v.mp4` (or `.MP4`) name one video."
+    name = rel.rsplit('/', 1)[-1]
+    stem, dot, ext = name.rpartition('.')
+    return stem if dot and stem and f'.{ext.lower()}' in ('.mp4', '.avi', '.webm', '.mkv') else name
+
+def read_split_file(file:Path, bench:Benchmark) -> tuple:
+    "(raw bytes, rows, class keys) of a split list: UTF-8 (a byte-order mark is dropped), parsed strictly, each video once."
+    data = Path(file).read_bytes()
+    try: text = data.decode('utf-8-sig')
+    except UnicodeDecodeError as e: raise SplitError(f'{file} is not UTF-8 text: {e}') from e
+    rows = parse_split_lines(text, file, bench.line_format)
+    keys = [class_key(folder, bench) for folder, _, _ in rows]
+    seen = {}
+    for k, (_, rel, line) in zip(keys, rows):
+        first = seen.setdefault((k, video_key(rel)), line)
+        if first != line: raise SplitError(f'{file}, line {line}: video {rel!r} of class {k!r} is already listed on line {first}')
+    return data, rows, keys
+
+@functools.lru_cache(maxsize=64)
+def _first_lines(file:str, bench:str, mtime_ns:int, size:int) -> dict:
+    "{class key: first line} of a split list (cached while the file is unchanged)."
+    _, rows, keys = read_split_file(Path(file), get_benchmark(bench))
+    out = {}
+    for k, (_, _, line) in zip(keys, rows): out.setdefault(k, line)
+    return out
+
+def check_disjoint_splits(bench:Benchmark, split:str, file:Path, splits_dir) -> None:
+    "A SplitError naming the class and both lines if a class of `file` (the `split` list) is also in another split's list."
+    def classes_of(f):
+        st = Path(f).stat()
+        return _first_lines(str(f), bench.name, st.st_mtime_ns, st.st_size)
+    mine = classes_of(file)
+    for other in SPLITS:
+        if other == split: continue
+        try: f = find_split_file(bench.name, other, splits_dir)
+        except FileNotFoundError: continue
+        both = [k for k in classes_of(f) if k in mine]
+        if both:
+            k = sorted(both)[0]
+            raise SplitError(f'{file}, line {mine[k]}: class {k!r} is also in the {other} split ({f}, line {classes_of(f)[k]}); '
+                             f'few-shot splits must not share classes ({len(both)} shared: {sorted(both)[:5]})')
+
 # %% ../nbs/01_splits.ipynb #6cb1b87d
 def load_split(benchmark:str,                  # a key of BENCHMARKS
                split:str,                      # train | val | test
@@ -277,15 +321,8 @@ def load_split(benchmark:str,                  # a key of BENCHMARKS
             splits_dir = synthetic_root()/'splits'
         else: splits_dir = fetch_splits(b.name, cache_dir)
     file = find_split_file(b.name, split, splits_dir)
-    data = file.read_bytes()
-    try: text = data.decode('utf-8')
-    except UnicodeDecodeError as e: raise SplitError(f'{file} is not UTF-8 text: {e}') from e
-    rows = parse_split_lines(text, file, b.line_format)
-    keys = [class_key(folder, b) for folder, _, _ in rows]
-    seen = {}
-    for k, (_, rel, line) in zip(keys, rows):
-        first = seen.setdefault((k, rel.rsplit('/', 1)[-1]), line)
-        if first != line: raise SplitError(f'{file}, line {line}: video {rel!r} of class {k!r} is already listed on line {first}')
+    data, rows, keys = read_split_file(file, b)
+    check_disjoint_splits(b, split, file, splits_dir)
     classes = sort_class_keys(keys)
     want = b.num_classes.get(split)
     if want is not None and len(classes) != want:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_video.ipynb #23ba1494
 from __future__ import annotations
-import os, re
+import os, re, warnings
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -16,13 +16,17 @@ from PIL import Image
 from .config import M2DFConfig
 
 # %% auto #0
-__all__ = ['VIDEO_EXTS', 'IMAGE_EXTS', 'CLIP_MEAN', 'CLIP_STD', 'VideoError', 'resolve_video', 'FrameFolder', 'VideoFile',
-           'read_frames_pyav', 'open_video', 'count_frames', 'read_frames', 'default_codec', 'write_video',
+__all__ = ['VIDEO_EXTS', 'IMAGE_EXTS', 'CLIP_MEAN', 'CLIP_STD', 'VideoError', 'ShortVideo', 'resolve_video', 'FrameFolder',
+           'VideoFile', 'read_frames_pyav', 'open_video', 'count_frames', 'read_frames', 'default_codec', 'write_video',
            'sample_indices', 'resize_short_side', 'ClipTransform', 'load_clip']
 
 # %% ../nbs/02_video.ipynb #77743239
 class VideoError(ValueError):
     "A video that cannot be found, opened, decoded or sampled; the message names the file."
+
+class ShortVideo(VideoError):
+    "Fewer frames decode than the container lists (a truncated file); `decodable` is how many do."
+    def __init__(self, msg:str, decodable:int): super().__init__(msg); self.decodable = decodable
 
 VIDEO_EXTS = ('.mp4', '.avi', '.webm', '.mkv')   # containers decoded with decord, tried in this order
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png')            # frame images of a frame folder
@@ -65,7 +69,20 @@ def resolve_video(data_root:Union[str, Path], # folder holding the class folders
             if p.is_file(): return p
         tried.append(str(base) + os.sep)
         if base.is_dir(): return base
-    raise VideoError(f'video {rel_path!r} not found under {str(root)!r}; tried: ' + ', '.join(tried))
+        found = _other_case(base)
+        if found is not None: return found
+    raise VideoError(f'video {rel_path!r} not found under {str(root)!r}; tried: ' + ', '.join(tried)
+                     + ' (extensions in any letter case)')
+
+def _other_case(base:Path) -> Optional[Path]:
+    "The file `base` + a video extension in another letter case (`v.MP4`, `v.Avi`), or `base` itself in another case."
+    try: names = os.listdir(base.parent)
+    except OSError: return None
+    want = {(base.name + e).lower() for e in VIDEO_EXTS}
+    if base.suffix.lower() in VIDEO_EXTS: want.add(base.name.lower())
+    for n in sorted(names):
+        if n.lower() in want and (base.parent / n).is_file(): return base.parent / n
+    return None
 
 # %% ../nbs/02_video.ipynb #a5be8908
 def _natural_key(p:Path): return [int(t) if t.isdigit() else t.lower() for t in re.split(r'(\d+)', p.name)]
@@ -118,8 +135,10 @@ class VideoFile:
         except Exception as e:
             try: arr = read_frames_pyav(self.path, idx)
             except Exception as e2:
-                raise VideoError(f'cannot decode frames {idx.tolist()} of {str(self.path)!r}: decord: {type(e).__name__}: '
-                                 f'{str(e).strip()[:300]}; PyAV: {type(e2).__name__}: {e2}') from e
+                msg = (f'cannot decode frames {idx.tolist()} of {str(self.path)!r}: decord: {type(e).__name__}: '
+                       f'{str(e).strip()[:300]}; PyAV: {type(e2).__name__}: {e2}')
+                if isinstance(e2, ShortVideo): raise ShortVideo(msg, e2.decodable) from e
+                raise VideoError(msg) from e
         return np.ascontiguousarray(arr, dtype=np.uint8)
 
 def read_frames_pyav(path:Union[str, Path], # a video file
@@ -130,12 +149,15 @@ def read_frames_pyav(path:Union[str, Path], # a video file
     idx = np.asarray(indices, dtype=np.int64)
     want, got, last, decoded = set(idx.tolist()), {}, int(idx.max()), 0
     with av.open(str(path)) as c:
-        for i, frame in enumerate(c.decode(video=0)):
-            decoded = i + 1
-            if i in want: got[i] = frame.to_ndarray(format='rgb24')
-            if i >= last: break
+        try:
+            for i, frame in enumerate(c.decode(video=0)):
+                decoded = i + 1
+                if i in want: got[i] = frame.to_ndarray(format='rgb24')
+                if i >= last: break
+        except av.error.FFmpegError:
+            if not decoded: raise                      # nothing decodes: a broken file, not a short one
     missing = sorted(want - set(got))
-    if missing: raise VideoError(f'video {str(path)!r}: frames {missing} not decodable ({decoded} frames decoded)')
+    if missing: raise ShortVideo(f'video {str(path)!r}: frames {missing} not decodable ({decoded} frames decoded)', decoded)
     return np.stack([got[i] for i in idx.tolist()])
 
 def open_video(path:Union[str, Path], # a video file or a frame folder (see `resolve_video`)
@@ -213,7 +235,7 @@ def sample_indices(n_frames:int,  # frames in the clip
                    train:bool,    # random position within each segment (True) or its centre (False)
                    rng:Optional[np.random.Generator]=None, # source of randomness in training
                   ) -> np.ndarray:
-    "T strictly increasing frame indices, one per equal segment of the clip (DESIGN §3)."
+    "T strictly increasing frame indices, one per equal segment of the clip."
     if T <= 0: raise ValueError(f'T must be a positive number of frames, got {T}')
     if n_frames < T: raise ValueError(f'clip has {n_frames} frames, fewer than the T={T} frames to sample')
     b = (np.arange(T + 1, dtype=np.int64) * n_frames) // T
@@ -293,7 +315,13 @@ def load_clip(path:Union[str, Path],                 # a video file or frame fol
         src = open_video(path)
         n = len(src)
         if n < T: raise VideoError(f'video {str(path)!r} has {n} frames, fewer than the T={T} frames to sample')
-        frames = src.read(sample_indices(n, T, train, rng))
+        try: frames = src.read(sample_indices(n, T, train, rng))
+        except ShortVideo as e:                 # a truncated file: sample over the frames that exist, and say so
+            if e.decodable < T: raise VideoError(f'{e}; fewer than the T={T} frames to sample') from None
+            warnings.warn(f'video {str(path)!r}: the container lists {n} frames but only {e.decodable} decode (a truncated '
+                          f'file?); its clip is sampled over those {e.decodable}', stacklevel=2)
+            src.n = e.decodable
+            frames = src.read(sample_indices(e.decodable, T, train, rng))
         if transform is None: return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
         return transform(frames, rng)
     except VideoError: raise

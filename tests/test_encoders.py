@@ -1,5 +1,5 @@
 "Tests of m2df.encoders: tiny and real open_clip backbones, offline weight resolution, checkpoints, the text cache."
-import os, time
+import hashlib, http.server, os, re, socket, threading, time
 from pathlib import Path
 
 import pytest
@@ -227,17 +227,148 @@ def test_quick_gelu_from_openai_file_name(tmp_path):
     assert encoders._tag_of_file('RN50', str(tmp_path / 'mine.pt')) == {}
 
 
-def test_torchscript_archive(tmp_path, tiny_vit):
+def test_torchscript_archive_is_refused_with_its_conversion(tmp_path, tiny_vit):
+    "OpenAI's original format is not loaded (torch.jit.load runs the archive's code); the error gives the conversion."
     import copy
     m = copy.deepcopy(tiny_vit.clip)
     mask = m.attn_mask; del m.attn_mask; m.attn_mask = mask   # as in OpenAI's models: a plain attribute
     torch.jit.script(m).save(tmp_path / 'jit.pt')
     assert encoders.is_torchscript_archive(str(tmp_path / 'jit.pt'))
-    bb = CLIPBackbone('m2df-tiny-vit', str(tmp_path / 'jit.pt'), quick_gelu=False).eval()
+    with pytest.raises(encoders.NotAWeightsFile, match='not a weights file: .*jit.pt .*TorchScript archive') as e:
+        CLIPBackbone('m2df-tiny-vit', str(tmp_path / 'jit.pt'))
+    assert 'torch.jit.load' in str(e.value) and "pretrained='openai'" in str(e.value) and '-quickgelu' in str(e.value)
+    torch.save(torch.jit.load(tmp_path / 'jit.pt', map_location='cpu').state_dict(), tmp_path / 'converted.pt')
+    bb = CLIPBackbone('m2df-tiny-vit', str(tmp_path / 'converted.pt')).eval()
     x = torch.randn(1, 2, 3, 56, 56)
     torch.testing.assert_close(bb.encode_frames(x), tiny_vit.encode_frames(x))
-    qg = CLIPBackbone('m2df-tiny-vit', str(tmp_path / 'jit.pt'))
-    assert any(isinstance(mod, open_clip.transformer.QuickGELU) for mod in qg.modules())
+
+
+class Payload:
+    "Unpickling this object creates a folder: the proof that a load ran code."
+    def __init__(self, marker): self.marker = str(marker)
+    def __reduce__(self): return (os.makedirs, (self.marker,))
+
+
+@pytest.mark.parametrize('extra', ['code/__torch__.py', 'constants.pkl'])
+def test_pickle_payload_never_runs(tmp_path, tiny_vit, extra):
+    "A torch.save zip with a pickled __reduce__ payload, dressed as TorchScript by an extra entry, is refused unexecuted."
+    import zipfile
+    marker, f = tmp_path / 'code-ran', tmp_path / 'evil.pt'
+    torch.save({**tiny_vit.clip.state_dict(), 'x': Payload(marker)}, f)
+    with zipfile.ZipFile(f, 'a') as z:
+        top = z.namelist()[0].split('/')[0]
+        z.writestr(f'{top}/{extra}', 'def forward(self): pass\n')
+    with pytest.raises(Exception) as e:
+        CLIPBackbone('m2df-tiny-vit', str(f))
+    assert not marker.exists(), 'loading the file ran its pickled payload'
+    assert isinstance(e.value, ValueError) and re.search(r'not a weights file: .*evil\.pt .*TorchScript', str(e.value)), e.value
+    plain = tmp_path / 'plain.pt'                                   # the same payload without the disguise
+    torch.save({'x': Payload(marker)}, plain)
+    with pytest.raises(ValueError, match='not a weights file: .*plain.pt .*weights_only=True'):
+        load_clip_model('m2df-tiny-vit', str(plain))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize('write,why', [
+    (lambda p: p.write_text('hello'), 'torch.load with weights_only=True'),
+    (lambda p: torch.save([torch.zeros(1)], p), 'a list, not a state dict'),
+    (lambda p: torch.save({}, p), 'an empty dict'),
+    (lambda p: torch.save({'a': 1, 'b': torch.zeros(1)}, p), "1 of its 2 entries are not named tensors, e.g. 'a'"),
+    (lambda p: torch.save({'state_dict': {'a': 'text'}}, p), 'not named tensors'),
+])
+def test_not_a_weights_file_says_so(tmp_path, write, why):
+    f = tmp_path / 'w.pt'
+    write(f)
+    with pytest.raises(encoders.NotAWeightsFile) as e: load_clip_model('m2df-tiny-vit', str(f))
+    msg = str(e.value)
+    assert msg.startswith(f'not a weights file: {f} (') and why in msg and '\n' not in msg, msg
+    (tmp_path / 'w.safetensors').write_bytes(b'\x00' * 64)
+    with pytest.raises(encoders.NotAWeightsFile, match='not a weights file: .*w.safetensors .*safetensors cannot read it'):
+        load_clip_model('m2df-tiny-vit', str(tmp_path / 'w.safetensors'))
+
+
+# --- pretrained tags: downloaded when the host answers, a fast clear error when it does not (no test leaves this machine)
+
+class FakeHub(http.server.BaseHTTPRequestHandler):
+    "The two requests huggingface_hub makes for a file (HEAD for its metadata, GET for its bytes), served from `files`."
+    files: dict = {}
+    def _send(self, body):
+        data = self.files.get(self.path)
+        if data is None: self.send_response(404); self.end_headers(); return
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(data))); self.send_header('ETag', '"%s"' % hashlib.sha256(data).hexdigest())
+        self.send_header('X-Repo-Commit', 'b' * 40); self.end_headers()
+        if body: self.wfile.write(data)
+    def do_HEAD(self): self._send(False)
+    def do_GET(self): self._send(True)
+    def log_message(self, *a): pass
+
+
+def set_endpoint(monkeypatch, url):
+    "What HF_ENDPOINT=url does when set before huggingface_hub is imported."
+    c = huggingface_hub.constants
+    monkeypatch.setattr(c, 'HUGGINGFACE_CO_URL_TEMPLATE', c.HUGGINGFACE_CO_URL_TEMPLATE.replace(c.ENDPOINT, url))
+    monkeypatch.setattr(c, 'ENDPOINT', url)
+
+
+@pytest.fixture
+def online_tag(tmp_path, monkeypatch, tiny_vit):
+    "A pretrained tag of the tiny model whose Hugging Face repo a server on 127.0.0.1 serves; the machine counts as online."
+    data = tmp_path / 'weights.safetensors'
+    save_file({k: v.contiguous() for k, v in tiny_vit.clip.state_dict().items()}, str(data))
+    FakeHub.files = {'/m2df/tiny-online/resolve/main/open_clip_model.safetensors': data.read_bytes()}
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), FakeHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, 'm2df-tiny-vit', {'onlinetag': dict(hf_hub='m2df/tiny-online/')})
+    monkeypatch.setenv('HF_HUB_OFFLINE', '0')
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False)
+    set_endpoint(monkeypatch, f'http://127.0.0.1:{server.server_port}')
+    yield server
+    server.shutdown(); server.server_close()
+
+
+def test_missing_tag_downloads_when_the_host_answers(tmp_path, online_tag, tiny_vit):
+    cache = tmp_path / 'cache'
+    assert find_cached_weights('m2df-tiny-vit', 'onlinetag', cache_dir=str(cache)) is None
+    bb = CLIPBackbone('m2df-tiny-vit', 'onlinetag', cache_dir=str(cache)).eval()
+    x = torch.randn(1, 2, 3, 56, 56)
+    torch.testing.assert_close(bb.encode_frames(x), tiny_vit.encode_frames(x))
+    assert find_cached_weights('m2df-tiny-vit', 'onlinetag', cache_dir=str(cache)) is not None   # now in open_clip's cache
+
+
+@pytest.mark.parametrize('how', ['HF_HUB_OFFLINE', 'M2DF_DOWNLOAD=0', 'unreachable'])
+def test_missing_tag_offline_fails_fast(tmp_path, online_tag, monkeypatch, how):
+    "Offline, the error that names the missing files comes at once (no retries); a set offline flag opens no connection."
+    if how == 'HF_HUB_OFFLINE':
+        monkeypatch.setenv('HF_HUB_OFFLINE', '1'); monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+    elif how == 'M2DF_DOWNLOAD=0': monkeypatch.setenv('M2DF_DOWNLOAD', '0')
+    else:
+        free = socket.socket(); free.bind(('127.0.0.1', 0)); port = free.getsockname()[1]; free.close()   # nothing listens
+        set_endpoint(monkeypatch, f'http://127.0.0.1:{port}')
+    if how != 'unreachable':
+        def no_network(*a, **k): raise AssertionError(f'network access attempted: {a}')
+        monkeypatch.setattr(socket.socket, 'connect', no_network)
+    t = time.perf_counter()
+    with pytest.raises(PretrainedWeightsMissing) as e:
+        CLIPBackbone('m2df-tiny-vit', 'onlinetag', cache_dir=str(tmp_path / 'cache'))
+    assert time.perf_counter() - t < 5
+    msg = str(e.value)
+    for part in ("'m2df-tiny-vit'", "'onlinetag'", 'm2df/tiny-online', 'not in the local cache', "pretrained='<path",
+                 {'HF_HUB_OFFLINE': 'HF_HUB_OFFLINE is set', 'M2DF_DOWNLOAD=0': 'M2DF_DOWNLOAD=0 forbids',
+                  'unreachable': 'is unreachable'}[how]):
+        assert part in msg, (part, msg)
+    assert not (tmp_path / 'cache').exists() or not any((tmp_path / 'cache').rglob('*.safetensors'))
+
+
+def test_class_text_rows_do_not_depend_on_batching(tiny_vit):
+    "A row is the same bits whatever other names were encoded with it (a resumed run fills its cache in another order)."
+    names = ['juggling', 'surfing', 'archery', 'yoga', 'rowing', 'fencing', 'diving']
+    a = ClassTextCache(tiny_vit)
+    a(names[:2]); a(names[5:]); rows_a = a(names)                 # filled in three batches of different sizes
+    b = ClassTextCache(tiny_vit)
+    rows_b = b(names[::-1]).flip(0)                               # filled at once, in reverse order
+    assert torch.equal(rows_a, rows_b)
+    assert torch.equal(rows_a[3], tiny_vit.encode_text(['a photo of yoga'])[0])
 
 
 def test_class_text_cache(tiny_vit):

@@ -142,3 +142,36 @@ def test_fine_tuned_backbone_features_stay_in_memory(tmp_path, model, cfg, encod
     n = sum(encode_calls)
     evaluate(model, cfg, 'val', n_episodes=1, cache=cache)
     assert sum(encode_calls) == n                                    # but reused while the weights are the same
+
+
+# --- non-finite numbers are errors, never scores
+
+@pytest.mark.parametrize('pps_eval_mode', ['expectation', 'sample'])
+def test_nan_weights_are_an_error_naming_split_and_episode(cfg, pps_eval_mode):
+    "A model whose weights hold NaN scored chance (1/way, ± 0) and exited 0; now the split and the episode are named."
+    c = cfg.replace(pps_eval_mode=pps_eval_mode)
+    torch.manual_seed(0)
+    bad = M2DF(c).eval()
+    with torch.no_grad(): next(bad.fusion['global'].parameters()).fill_(float('nan'))
+    with pytest.raises(FloatingPointError, match=r'non-finite logits at test episode 0 .*fusion\.global'):
+        evaluate(bad, c, 'test', n_episodes=3)
+    with torch.no_grad(): bad.backbone.clip.visual.conv1.weight.fill_(float('nan'))   # NaN before the prompt selector
+    with pytest.raises(FloatingPointError, match=r'non-finite query frame features at val episode 0, before the prompt selector'):
+        evaluate(bad, c, 'val', n_episodes=3)
+
+
+def test_sampled_prompts_do_not_depend_on_the_random_state(cfg):
+    "With prompts sampled in evaluation, the score is a function of the model and the episodes, not of what ran before."
+    c = cfg.replace(pps_eval_mode='sample', logit_scale=50.)
+    torch.manual_seed(0)
+    model, shared = M2DF(c).eval(), FeatureCache()
+    draws = []
+    model.pps.register_forward_hook(lambda mod, args, out: draws.append(out[0].detach().clone()))   # the query prompts
+    torch.manual_seed(1); a = evaluate(model, c, 'val', n_episodes=8, cache=shared)
+    first, draws[:] = list(draws), []
+    torch.manual_seed(2); torch.rand(5); b = evaluate(model, c, 'val', n_episodes=8, cache=shared)
+    assert a['episode_accuracy'] == b['episode_accuracy']
+    assert len(first) == 8 and all(torch.equal(x, y) for x, y in zip(first, draws)), 'the sampled prompts differ'
+    state = torch.get_rng_state()
+    evaluate(model, c, 'val', n_episodes=2, cache=shared)
+    assert torch.equal(state, torch.get_rng_state()), 'evaluation must leave the training random state alone'

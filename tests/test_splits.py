@@ -247,3 +247,45 @@ def test_synthetic_default_root(tmp_path, monkeypatch):
     monkeypatch.setattr(synthetic, 'synthetic_root', lambda cache_dir=None: tmp_path)
     sp = load_split('synthetic', 'val')
     assert sp.class_names == ['move left', 'move right'] and sp.file == str(tmp_path / 'splits' / 'val.txt')
+
+
+# --- lists that would give a silently wrong benchmark
+
+def test_same_video_with_and_without_extension(tmp_path):
+    "`cls/v` and `cls/v.mp4` resolve to one file: listing both would let one video be support and query of an episode."
+    lines = (SHARED / 'ucf101' / 'val.txt').read_text().splitlines()
+    (tmp_path / 'val.txt').write_text('\n'.join(lines + [lines[5] + '.MP4']) + '\n')
+    with pytest.raises(SplitError, match=f'line {len(lines) + 1}: .* already listed on line 6'):
+        load_split('ucf101', 'val', splits_dir=tmp_path)
+
+
+def test_byte_order_mark_is_dropped(tmp_path):
+    "A UTF-8 byte-order mark (written by some editors) is not part of the first class folder."
+    (tmp_path / 'val.txt').write_bytes(b'\xef\xbb\xbf' + (SHARED / 'ucf101' / 'val.txt').read_bytes())
+    sp = load_split('ucf101', 'val', splits_dir=tmp_path)
+    assert sp.classes == load_split('ucf101', 'val', splits_dir=SHARED).classes
+    assert not any('\ufeff' in c for c in sp.classes) and not sp.videos[0].path.startswith('\ufeff')
+
+
+def test_class_in_two_splits_is_an_error(tmp_path):
+    "The few-shot protocol scores classes never trained on: a class in two lists of a folder stops the loading."
+    for s in SPLITS: shutil.copy(SHARED / 'hmdb51' / f'{s}.txt', tmp_path / f'{s}.txt')
+    assert len(load_split('hmdb51', 'test', splits_dir=tmp_path).classes) == 10      # the real lists are disjoint
+    val = (tmp_path / 'val.txt').read_text().splitlines()
+    train_line = (tmp_path / 'train.txt').read_text().splitlines()[0]
+    cls = train_line.split('/')[0]
+    (tmp_path / 'val.txt').write_text('\n'.join(val[:-1] + [f'{cls}/some_other_video']) + '\n')
+    for split, other in (('train', 'val'), ('val', 'train')):
+        with pytest.raises(SplitError, match=f"class '{cls}' is also in the {other} split") as e:
+            load_split('hmdb51', split, splits_dir=tmp_path)
+        assert str(tmp_path / f'{split}.txt') in str(e.value) and str(tmp_path / f'{other}.txt') in str(e.value)
+
+
+def test_too_small_class_names_settable_fields(tmp_path):
+    "The error for a class with fewer than shot+query videos points at config fields a user can set, not at a Python-only argument."
+    from m2df.episodes import EpisodeSampler
+    (tmp_path / 'train.txt').write_text(''.join(f'{c}/{c}_{i}\n' for c, n in (('a', 3), ('b', 3), ('c', 1)) for i in range(n)))
+    sp = load_split('synthetic', 'train', splits_dir=tmp_path)
+    with pytest.raises(ValueError) as e: EpisodeSampler(sp, 2, 1, 2)
+    msg = str(e.value)
+    assert "'c' (1)" in msg and 'config fields shot or query' in msg and 'min_videos_ok' not in msg, msg

@@ -226,3 +226,49 @@ def test_transform_crop_and_flip_behaviour():
     assert {f for f, _ in seen} == {True, False} and len({o for _, o in seen}) > 10
     nf = ClipTransform(True, resize=80, crop=64, flip=False, normalize=False)
     assert all((np.diff(nf(ramp, rng)[0, 0, 0].numpy()) > 0).all() for _ in range(30))
+
+
+# --- inputs that used to be silently wrong or wrongly refused
+
+@pytest.mark.parametrize('name', ['v.MP4', 'v.Avi', 'v.mKv'])
+def test_extension_in_any_letter_case(tmp_path, name):
+    (tmp_path / 'Cls').mkdir()
+    write_video(tmp_path / 'Cls' / name, grey_clip(10))
+    assert resolve_video(tmp_path, 'Cls/v') == tmp_path / 'Cls' / name
+    assert resolve_video(tmp_path, 'Cls/v.mp4' if name.lower().endswith('mp4') else f'Cls/{name}') == tmp_path / 'Cls' / name
+    assert load_clip(resolve_video(tmp_path, 'Cls/v'), 4, None, train=False).shape[0] == 4
+    with pytest.raises(VideoError, match='any letter case'): resolve_video(tmp_path, 'Cls/w')
+
+
+def truncated_avi(tmp_path, T=8):
+    "An H.264 .avi of 120 frames (frame i is grey 2i) cut so that decord lists more frames than decode, at least T of them."
+    import av, decord
+    full = tmp_path / 'full.avi'
+    write_video(full, np.broadcast_to((np.arange(120) * 2)[:, None, None, None], (120, 32, 64, 3)).astype(np.uint8).copy(),
+                codec='libx264')
+    data, cut = full.read_bytes(), tmp_path / 'cut.avi'
+    for n in range(len(data) // 2, len(data), 97):
+        cut.write_bytes(data[:n])
+        try: listed = len(decord.VideoReader(str(cut), num_threads=1))
+        except Exception: continue
+        decoded = 0
+        try:
+            with av.open(str(cut)) as c:
+                for _ in c.decode(video=0): decoded += 1
+        except av.error.FFmpegError: pass
+        if listed > decoded >= T: return cut, listed, decoded
+    pytest.skip('no cut of this encoding lists more frames than decode')
+
+
+def test_truncated_file_is_sampled_over_the_frames_that_exist(tmp_path):
+    cut, listed, decoded = truncated_avi(tmp_path)
+    with pytest.warns(UserWarning, match=f'lists {listed} frames but only {decoded} decode'):
+        x = load_clip(cut, 8, None, train=False)
+    levels = x[:, 0, 0, 0].float().numpy()
+    want = sample_indices(decoded, 8, train=False) * 2          # the segment centres of the frames that exist
+    assert np.abs(levels - want).max() <= 4, (levels, want)
+    with pytest.warns(UserWarning):
+        y = load_clip(cut, 8, None, train=True, rng=np.random.default_rng(0))
+    assert y.shape[0] == 8 and y[:, 0, 0, 0].float().max() <= 2 * decoded + 4
+    with pytest.raises(VideoError, match=f'fewer than the T={decoded + 1} frames'):
+        load_clip(cut, decoded + 1, None, train=False)
