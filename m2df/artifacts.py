@@ -46,10 +46,7 @@ def default_figures_dir(start=None) -> Path:
 # %% ../nbs/15_artifacts.ipynb #024ec37a
 def config_with(dataset: str, preset: str, overrides: dict) -> M2DFConfig:
     "`make_config(dataset, preset)` with `overrides` set as given: a None sets the field to None (random weights, ...)."
-    given = {k: v for k, v in overrides.items() if v is not None}
-    cfg = make_config(dataset, preset, **given)
-    nones = {k: None for k, v in overrides.items() if v is None}
-    return cfg.replace(**nones) if nones else cfg
+    return make_config(dataset, preset, **overrides)
 
 @dataclass(frozen=True)
 class Variant:

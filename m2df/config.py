@@ -254,9 +254,9 @@ BENCHMARK_PRESETS = {
 def make_config(dataset:str='synthetic', # benchmark name (a key of `BENCHMARK_PRESETS`)
                 preset:str='paper',      # method preset (a key of `METHOD_PRESETS`)
                 **overrides) -> M2DFConfig:
-    "The config of `preset` on `dataset`, then `overrides` (None values are ignored, so papermill can pass them all)."
+    "The config of `preset` on `dataset`, then `overrides` (a None sets the field to None, e.g. `pretrained=None`: random weights)."
     if dataset not in BENCHMARK_PRESETS: raise ValueError(f'unknown dataset {dataset!r}; choose from {sorted(BENCHMARK_PRESETS)}')
     if preset not in METHOD_PRESETS: raise ValueError(f'unknown preset {preset!r}; choose from {sorted(METHOD_PRESETS)}')
     d = {**BENCHMARK_PRESETS[dataset], **METHOD_PRESETS[preset], 'dataset': dataset}
-    d.update({k: v for k, v in overrides.items() if v is not None})
+    d.update(overrides)
     return M2DFConfig.from_dict(d)

@@ -326,13 +326,12 @@ def parse_overrides(args) -> dict:
     return out
 
 def cli_config(args) -> tuple:
-    "(config, run_dir) of command-line words; an explicit `key=none` sets the field to None (`make_config` skips Nones)."
+    "(config, run_dir) of command-line words; `key=none` sets the field to None."
     kw = parse_overrides(args)
     run_dir = kw.pop('run_dir', None) or 'runs/train'
     kw.pop('rescore_test', None); kw.pop('progress', None)
     cfg = make_config(kw.pop('dataset', None) or 'synthetic', kw.pop('preset', None) or 'paper', **kw)
-    nones = {k: None for k, v in kw.items() if v is None}
-    return (cfg.replace(**nones) if nones else cfg), run_dir
+    return cfg, run_dir
 
 def main(argv=None):
     "Entry point of `python -m m2df.learner` and `torchrun -m m2df.learner`; a bad setting prints its message and exits with 2."
