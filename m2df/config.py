@@ -9,8 +9,8 @@ from dataclasses import dataclass, field, asdict, fields
 from typing import Any, Optional
 
 # %% auto #0
-__all__ = ['VIEWS', 'PPS_MODES', 'DISTILL_CONDITIONS', 'DISTILL_DIRECTIONS', 'TEXT_TOKENS', 'MATCHINGS', 'METHOD_PRESETS',
-           'BENCHMARK_PRESETS', 'M2DFConfig', 'make_config']
+__all__ = ['VIEWS', 'PPS_MODES', 'DISTILL_CONDITIONS', 'DISTILL_DIRECTIONS', 'TEXT_TOKENS', 'MATCHINGS', 'MAX_DEFAULT_WORKERS',
+           'METHOD_PRESETS', 'BENCHMARK_PRESETS', 'default_num_workers', 'M2DFConfig', 'make_config']
 
 # %% ../nbs/00_config.ipynb #d6630cb4
 VIEWS = ('local', 'global', 'raw')           # LTCE view, GTCE view, plain CLIP frames (baseline)
@@ -20,11 +20,25 @@ DISTILL_DIRECTIONS = ('both', 'l2g', 'g2l')    # local teaches global, global te
 TEXT_TOKENS = ('prompt', 'first_frame')        # which fused token the text confidence reads
 MATCHINGS = ('otam', 'mean_cos')
 
+# %% ../nbs/00_config.ipynb #e56538f2
+import os
+MAX_DEFAULT_WORKERS = 16   # the default never starts more DataLoader workers than this per training process
+
+def default_num_workers(cpus:Optional[int]=None,            # CPUs this process may run on (None: its CPU affinity)
+                        local_processes:Optional[int]=None, # training processes on this node (None: torchrun's LOCAL_WORLD_SIZE, else 1)
+                        cap:int=MAX_DEFAULT_WORKERS) -> int:
+    "DataLoader workers per training process: the node's CPUs shared among its processes, less one for each process itself."
+    if cpus is None:
+        try: cpus = len(os.sched_getaffinity(0))
+        except AttributeError: cpus = os.cpu_count() or 1
+    if local_processes is None: local_processes = int(os.environ.get('LOCAL_WORLD_SIZE') or 1)
+    return max(0, min(cap, cpus // max(1, local_processes) - 1))
+
 # %% ../nbs/00_config.ipynb #12364d60
 @dataclass
 class M2DFConfig:
-    "Every switch of CLIP-M²DF (DESIGN §2), of its data (§3) and of its training protocol (§4)."
-    # --- data (DESIGN §3)
+    "Every switch of CLIP-M²DF, of its data and of its training protocol."
+    # --- data
     dataset: str = 'synthetic'            # benchmark: synthetic, ucf101, hmdb51, kinetics100, ssv2_small, ssv2_full
     data_root: Optional[str] = None       # folder of class folders of videos; synthetic: generated into a cache if None
     splits_dir: Optional[str] = None      # folder holding train/val/test lists; None: the package's checksummed cache
@@ -37,51 +51,59 @@ class M2DFConfig:
     shot: int = 1                         # K support videos per class
     query: int = 5                        # Q query videos per class in training
     eval_query: int = 1                   # Q query videos per class in evaluation
-    num_workers: int = 0                  # DataLoader worker processes
-    # --- encoders (§2.1)
+    num_workers: int = field(default_factory=default_num_workers)  # DataLoader worker processes decoding
+                                          # clips; default: the CPUs this process may use less one, shared among the
+                                          # GPU processes of the node, at most 16 (`default_num_workers`)
+    # --- encoders
     backbone: str = 'RN50'                # any open_clip model name (RN50 and ViT-B-16 reproduce the paper)
     pretrained: Optional[str] = 'openai'  # open_clip pretrained tag, a local checkpoint path, or None (random init)
     freeze_backbone: bool = False         # False: fine-tune the visual encoder end to end (as the authors)
     prompt_template: str = 'a photo of {}'  # text prompt for class names
-    # --- Probability Prompt Selector (§2.2)
+    grad_checkpointing: bool = False      # recompute the visual tower's activations block by block in the backward
+                                          # pass: a fraction of the memory for one more forward pass (~+30% step time)
+    backbone_chunk: int = 0               # frames per backbone pass (0: all frames of an episode at once); with
+                                          # gradients each chunk is recomputed in the backward pass, so only one
+                                          # chunk's activations are held (~+30% step time; refused for a
+                                          # fine-tuned BatchNorm tower such as RN50, whose statistics it would change)
+    # --- Probability Prompt Selector
     use_pps: bool = True                  # False: zero prompt (ablation)
     pps_topk: int = 4                     # k frames whose similarities are averaged
     pps_tau: float = 200.                 # softmax temperature
     pps_train_mode: str = 'sample'        # expectation | sample | argmax, in training
     pps_eval_mode: str = 'expectation'    # the same, in evaluation (the authors' code samples)
-    # --- views (§2.3, §2.4)
+    # --- views
     views: tuple = ('local', 'global')    # local (LTCE), global (GTCE); ('raw',) for the CLIP-FSAR-style baseline
     gtce_dilations: tuple = (1, 2, 4)     # one residual TCN block per dilation
     gtce_kernel: int = 3                  # TCN kernel size
     gtce_dropout: float = 0.1             # TCN dropout
-    # --- Multi-modal Fusion Encoder (§2.5)
+    # --- Multi-modal Fusion Encoder
     fusion_depth: int = 1                 # cross block then (depth-1) self-attention blocks
     fusion_heads: int = 8                 # attention heads (head width D / heads)
     fusion_ffn: int = 2048                # feed-forward hidden width
     fusion_attn_dropout: float = 0.2      # dropout on the attention output projection
     fusion_ffn_dropout: float = 0.05      # dropout in the feed-forward
-    # --- matching and multi-view fusion (§2.6)
+    # --- matching and multi-view fusion
     matching: str = 'otam'                # otam | mean_cos (non-temporal baseline)
     otam_lambda: float = 0.5              # soft-min smoothing of OTAM
     otam_bidirectional: bool = True       # OTAM(q→c) + OTAM(c→q)
     otam_variant: str = 'paper'           # paper | reference (the authors' OTAM_cum_dist: three-term rule on the first real column)
     logit_scale: float = 1.               # logits = -scale * (sum of the views' distances)
-    # --- Multi-view Mutual Distillation (§2.7)
+    # --- Multi-view Mutual Distillation
     distill: bool = True                  # False: no MVMD loss (ablation)
     distill_condition: str = 'tv'         # tv | t | v | none
     distill_direction: str = 'both'       # both | l2g | g2l
     detach_teacher: bool = True           # stop gradients into the teacher view (the authors' code does not)
     text_token: str = 'prompt'            # prompt | first_frame (the authors' code)
-    # --- loss (§2.8)
+    # --- loss
     lam: float = 1.                       # λ, weight of the distillation loss
     lam_vt: float = 0.                    # weight of the auxiliary CLIP-FSAR video-text loss
-    # --- training and evaluation (§4)
+    # --- training and evaluation
     lr: float = 1e-5                      # Adam learning rate (constant by default)
     schedule: str = 'constant'            # constant | cosine
     episodes: int = 10_000                # training episodes
     accumulation: int = 16                # episodes per optimiser step
     grad_clip: Optional[float] = None     # max gradient norm, None: no clipping
-    amp: bool = True                      # mixed precision on CUDA (ignored on CPU)
+    amp: bool = True                      # mixed precision (autocast) of training and evaluation on CUDA (ignored on CPU)
     amp_dtype: str = 'bfloat16'           # bfloat16 | float16 (with a grad scaler)
     val_every: int = 500                  # validate every this many episodes
     val_episodes: int = 1000              # fixed validation episodes
@@ -120,6 +142,7 @@ class M2DFConfig:
         need(self.way >= 2, 'way', 'an episode needs at least 2 classes')
         need(self.resize >= self.crop, 'resize', f'must be at least crop ({self.crop})')
         need(self.num_workers >= 0, 'num_workers', 'must be >= 0')
+        need(self.backbone_chunk >= 0, 'backbone_chunk', 'must be >= 0 (0: no chunks)')
         need(self.save_every >= 0, 'save_every', 'must be >= 0')
         need(self.device == 'auto' or self.device == 'cpu' or self.device.startswith('cuda'), 'device', "use auto, cpu, cuda or cuda:N")
         need(self.lr > 0, 'lr', 'must be positive')
