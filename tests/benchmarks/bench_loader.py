@@ -2,7 +2,7 @@
 
 The work of one DataLoader worker per clip is `m2df.video.load_clip` with the training transform: open the video, decode
 the T = 8 sampled frames, resize the short side to 256, random crop 224 + flip, CLIP normalisation (torch with one
-thread, decord with one thread, as in a worker). It is timed here in this process, clip after clip, for each layout
+thread, decord with one thread, as in a worker). It is timed here in one process, clip after clip, for each layout
 below, rounds interleaved so that a loaded machine slows every layout alike; the figure is the median over rounds.
 
 Real-format data is made from the synthetic benchmark's clips (moving shapes, 64x64): clips joined end to end to
@@ -15,16 +15,24 @@ README's Data section describes, `<data_root>/<class folder>/<video id>.mp4` or 
   raw   mpeg4-320x240   MPEG-4 part 2 in AVI, 320x240 (the codec UCF101 and HMDB51 are distributed in)
   raw   h264-640x360    H.264 mp4, 640x360 (Kinetics-like)
   prep  h264-s256       the 640x360 clips re-encoded with the short side at 256 (456x256), as data preparation does
+  prep  h264-s256-k12   the same with a key frame every 12 frames (shorter seeks, larger files)
   prep  jpg-s256        the 640x360 clips as frame folders of JPEGs (quality 90), short side 256
   prep  jpg-320x240     the 320x240 clips as frame folders of JPEGs (quality 90)
 
-From the per-worker rates it prints the workers needed for given backbone rates (clips per second consumed by the GPU
-in training; `gpu_check.py` measures it on a GPU): workers = ceil(backbone rate / clips per second per worker).
+The per-worker rate is the CPU time of one process per clip (what one dedicated core delivers); the wall-clock rate is
+printed beside it, inflated by whatever else the machine runs. From the per-worker rates it prints the workers needed
+for given backbone rates (clips per second a GPU consumes in training; `gpu_check.py` measures it on a GPU):
+workers = ceil(backbone rate / clips per second per worker). The default rates are references, not measurements of
+this project: 49 and 103 clips/s are 391 and 826 images/s divided by 8 frames, the training throughput of timm's
+`vit_base_patch16_224` and `resnet50` on an RTX 3090 with mixed precision (timm, huggingface/pytorch-image-models,
+results/benchmark-train-amp-nchw-pt112-cu113-rtx3090.csv); CLIP's ViT-B/16 and RN50 cost about the same per image
+(CLIP's RN50 a little more: its stem has three convolutions and it ends in attention pooling); 400 clips/s stands
+for a GPU several times faster.
 Last, the real `m2df.episodes.episode_loader` (5-way 1-shot, 5 queries per class: 30 clips an episode) is run over
 two layouts with 0, 1 and 2 workers, to show what the DataLoader delivers on this machine (2 cores, shared: more workers
 than free cores cannot help here).
 
-    python tests/benchmarks/bench_loader.py [--videos 30] [--seconds 7] [--rounds 3] [--backbone-rates 25,50,100,200]
+    python tests/benchmarks/bench_loader.py [--videos 10] [--seconds 7] [--rounds 3] [--backbone-rates 49,103,400]
                                             [--loader-episodes 4] [--keep DIR]
 """
 import argparse, math, os, statistics, tempfile, time
@@ -174,7 +182,7 @@ def main():
     ap.add_argument('--videos', type=int, default=10, help='distinct clips per layout')
     ap.add_argument('--seconds', type=float, default=7., help='length of each clip (UCF101: 7.21 s on average)')
     ap.add_argument('--rounds', type=int, default=3, help='interleaved timing rounds')
-    ap.add_argument('--backbone-rates', default='25,50,100,200', help='clips/s a GPU consumes in training (list)')
+    ap.add_argument('--backbone-rates', default='49,103,400', help='clips/s a GPU consumes in training (list)')
     ap.add_argument('--loader-episodes', type=int, default=4, help='episodes per DataLoader measurement (0: skip)')
     ap.add_argument('--keep', default=None, help='folder to keep (and reuse) the generated data in')
     a = ap.parse_args()

@@ -26,7 +26,7 @@ chunk's activations are part of `fixed`: they are measured at `--cpu-chunk` fram
 the per-frame cost of `plain`); every figure of the arithmetic is printed. CPU figures are estimates for a GPU: a CPU
 step keeps different temporaries (no fused attention kernels, oneDNN work buffers) and the allocator differs.
 
-    python tests/benchmarks/bench_memory.py [--device cpu] [--backbones RN50,ViT-B-16] [--options plain,amp,ckpt,chunk,ckpt+amp]
+    python tests/benchmarks/bench_memory.py [--device cpu] [--backbones RN50,ViT-B-16] [--options plain,amp,ckpt,chunk,...]
                                             [--limit 6] [--chunk 40] [--cpu-chunk 4] [--threads 1]
     python tests/benchmarks/bench_memory.py --device cuda --shots 1,5
 """
@@ -107,8 +107,11 @@ def child(spec: dict):
 
 def run_child(spec: dict, limit: float) -> dict:
     "Measure `spec` in a child process killed when its resident memory passes `limit` bytes."
+    # a fixed mmap threshold: every large tensor is its own mapping, returned to the system when freed, so that the
+    # resident size follows the live tensors (glibc otherwise raises the threshold and keeps freed blocks resident)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536', MALLOC_TRIM_THRESHOLD_='65536')
     p = subprocess.Popen([sys.executable, __file__, '--child', json.dumps(spec)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, env=env)
     top = 0
     while p.poll() is None:
         try: top = max(top, rss(p.pid))
@@ -142,6 +145,9 @@ def cpu_main(a):
             res[bb, name] = rows
             show(bb, name, rows, sizes)
     summary(a, res, sizes)
+    if a.out:
+        with open(a.out, 'w') as f: json.dump([dict(backbone=b, case=n, frames=[4 * T for T in sizes], rows=r)
+                                               for (b, n), r in res.items()], f, indent=1)
 
 
 def show(bb, name, rows, sizes):
@@ -162,9 +168,11 @@ def summary(a, res, sizes):
           f'the step at F={F2} over that of plain (the backbone is ~99% of a step)')
     for bb in a.backbones.split(','):
         base = res.get((bb, 'plain'))
-        ok = lambda rows: len(rows) == 2 and all('peak' in r for r in rows)
-        plain_slope = ((base[1]['peak'] - base[1]['before']) - (base[0]['peak'] - base[0]['before'])) / (F2 - F1) \
-            if base and ok(base) else None
+        ok = lambda rows: rows is not None and len(rows) == 2 and all('peak' in r for r in rows)
+        def slope_of(name):
+            rows = res.get((bb, name))
+            return ((rows[1]['peak'] - rows[1]['before']) - (rows[0]['peak'] - rows[0]['before'])) / (F2 - F1) \
+                if ok(rows) else None
         print(f'\n{bb}:  {"case":<15} {"per frame MB":>12} {"fixed GB":>9} {"before GB":>9} '
               f'{"peak F=240 GB":>14} {"peak F=400 GB":>14} {"time vs plain":>13}')
         for name in a.options.split(','):
@@ -176,9 +184,13 @@ def summary(a, res, sizes):
             slope = (s2 - s1) / (F2 - F1)
             fixed = s1 - slope * F1
             note = ''
-            if OPTIONS[name].get('chunk') and plain_slope is not None:
-                fixed += plain_slope * (a.chunk - a.cpu_chunk)          # one chunk of a.chunk frames instead of a.cpu_chunk
-                note = f'  (fixed + {plain_slope / 2**20:.0f} MB x ({a.chunk} - {a.cpu_chunk}) frames: a chunk of {a.chunk})'
+            if OPTIONS[name].get('chunk'):
+                # one chunk of a.chunk frames instead of a.cpu_chunk: the per-frame cost of the same case without chunks
+                same = '+'.join(k for k in name.split('+') if k != 'chunk') or 'plain'
+                inner = slope_of(same)
+                if inner is None: print(f'{"":<5}{name:<15} needs {same!r} measured to rescale the chunk'); continue
+                fixed += inner * (a.chunk - a.cpu_chunk)
+                note = f'  (fixed + {inner / 2**20:.1f} MB per frame of {same} x ({a.chunk} - {a.cpu_chunk}) frames)'
             before = rows[1]['before']
             t = rows[1]['cpu'] / (base[1]['cpu'] if base and ok(base) else float('nan'))
             p240, p400 = ((before + fixed + slope * F) / GB for F in (240, 400))
@@ -221,13 +233,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--device', default='cpu', help='cpu (child processes, reduced episodes) or cuda[:N] (full episodes)')
     ap.add_argument('--backbones', default='RN50,ViT-B-16')
-    ap.add_argument('--options', default='plain,amp,ckpt,chunk,ckpt+amp,chunk+amp')
+    ap.add_argument('--options', default=','.join(OPTIONS))
     ap.add_argument('--shots', default='1,5', help='GPU: the shots measured')
     ap.add_argument('--chunk', type=int, default=40, help='frames per backbone pass for the chunk cases (5 clips)')
     ap.add_argument('--cpu-chunk', type=int, default=4, help='CPU: frames per backbone pass measured for the chunk cases')
     ap.add_argument('--limit', type=float, default=6., help='CPU: kill a child above this resident memory (GB)')
     ap.add_argument('--threads', type=int, default=1, help='CPU: torch threads per child')
     ap.add_argument('--reps', type=int, default=3, help='GPU: timed steps per case')
+    ap.add_argument('--out', default=None, help='CPU: also write the measurements to this JSON file')
     ap.add_argument('--child', default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child: return child(json.loads(a.child))
