@@ -11,8 +11,9 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['VIEWS', 'PPS_MODES', 'DISTILL_CONDITIONS', 'DISTILL_DIRECTIONS', 'TEXT_TOKENS', 'MATCHINGS',
-           'DISTILL_NONE_REDUCTIONS', 'VIDEO_TEXT_HEADS', 'METHOD_PRESETS', 'BENCHMARK_PRESETS', 'M2DFConfig',
-           'ConfigError', 'coerce_value', 'field_types', 'coerce_fields', 'make_config']
+           'DISTILL_NONE_REDUCTIONS', 'VIDEO_TEXT_HEADS', 'MAX_DEFAULT_WORKERS', 'METHOD_PRESETS', 'BENCHMARK_PRESETS',
+           'default_num_workers', 'M2DFConfig', 'ConfigError', 'coerce_value', 'field_types', 'coerce_fields',
+           'make_config']
 
 # %% ../nbs/00_config.ipynb #d6630cb4
 VIEWS = ('local', 'global', 'raw')           # LTCE view, GTCE view, plain CLIP frames (baseline)
@@ -23,6 +24,20 @@ TEXT_TOKENS = ('prompt', 'first_frame')        # which fused token the text conf
 MATCHINGS = ('otam', 'mean_cos')
 DISTILL_NONE_REDUCTIONS = ('weighted_mean', 'sum')  # condition 'none': a+b-weighted mean | the authors' unweighted sum
 VIDEO_TEXT_HEADS = ('episode', 'reference')    # auxiliary video-text head: m2df's | the authors'
+
+# %% ../nbs/00_config.ipynb #e56538f2
+import os
+MAX_DEFAULT_WORKERS = 16   # the default never starts more DataLoader workers than this per training process
+
+def default_num_workers(cpus:Optional[int]=None,            # CPUs this process may run on (None: its CPU affinity)
+                        local_processes:Optional[int]=None, # training processes on this node (None: torchrun's LOCAL_WORLD_SIZE, else 1)
+                        cap:int=MAX_DEFAULT_WORKERS) -> int:
+    "DataLoader workers per training process: the node's CPUs shared among its processes, less one for each process itself."
+    if cpus is None:
+        try: cpus = len(os.sched_getaffinity(0))
+        except AttributeError: cpus = os.cpu_count() or 1
+    if local_processes is None: local_processes = int(os.environ.get('LOCAL_WORLD_SIZE') or 1)
+    return max(0, min(cap, cpus // max(1, local_processes) - 1))
 
 # %% ../nbs/00_config.ipynb #12364d60
 @dataclass
@@ -41,7 +56,9 @@ class M2DFConfig:
     shot: int = 1                         # K support videos per class
     query: int = 5                        # Q query videos per class in training
     eval_query: int = 1                   # Q query videos per class in evaluation
-    num_workers: int = 0                  # DataLoader worker processes
+    num_workers: int = field(default_factory=default_num_workers)  # DataLoader worker processes decoding
+                                          # clips; default: the CPUs this process may use less one, shared among the
+                                          # GPU processes of the node, at most 16 (`default_num_workers`)
     ssv2_labels: Optional[str] = None     # ssv2_full: something-something-v2-labels.json; None: looked for beside data_root
     drop_missing: bool = False            # leave out videos the data check finds missing or broken (listed in the run)
     check_workers: int = 0                # processes of the data check (m2df.datacheck); 0: every core
@@ -50,6 +67,12 @@ class M2DFConfig:
     pretrained: Optional[str] = 'openai'  # open_clip pretrained tag, a local checkpoint path, or None (random init)
     freeze_backbone: bool = False         # False: fine-tune the visual encoder end to end (as the authors)
     prompt_template: str = 'a photo of {}'  # text prompt for class names
+    grad_checkpointing: bool = False      # recompute the visual tower's activations block by block in the backward
+                                          # pass: a fraction of the memory for one more forward pass (~+30% step time)
+    backbone_chunk: int = 0               # frames per backbone pass (0: all frames of an episode at once); with
+                                          # gradients each chunk is recomputed in the backward pass, so only one
+                                          # chunk's activations are held (~+30% step time; refused for a
+                                          # fine-tuned BatchNorm tower such as RN50, whose statistics it would change)
     # --- Probability Prompt Selector
     use_pps: bool = True                  # False: zero prompt (ablation)
     pps_topk: int = 4                     # k frames whose similarities are averaged
@@ -96,7 +119,7 @@ class M2DFConfig:
     episodes: int = 10_000                # training episodes
     accumulation: int = 16                # episodes per optimiser step
     grad_clip: Optional[float] = None     # max gradient norm, None: no clipping
-    amp: bool = True                      # mixed precision on CUDA (ignored on CPU)
+    amp: bool = True                      # mixed precision (autocast) of training and evaluation on CUDA (ignored on CPU)
     amp_dtype: str = 'bfloat16'           # bfloat16 | float16 (with a grad scaler)
     val_every: int = 500                  # validate every this many episodes
     val_episodes: int = 1000              # fixed validation episodes
@@ -138,6 +161,7 @@ class M2DFConfig:
         need(self.resize >= self.crop, 'resize', f'must be at least crop ({self.crop})')
         need(self.num_workers >= 0, 'num_workers', 'must be >= 0')
         need(self.check_workers >= 0, 'check_workers', 'must be >= 0 (0: every core)')
+        need(self.backbone_chunk >= 0, 'backbone_chunk', 'must be >= 0 (0: no chunks)')
         need(self.save_every >= 0, 'save_every', 'must be >= 0')
         need(self.device == 'auto' or self.device == 'cpu' or self.device.startswith('cuda'), 'device', "use auto, cpu, cuda or cuda:N")
         need(self.lr > 0, 'lr', 'must be positive')

@@ -249,6 +249,19 @@ def load_clip_model(name:str,                          # open_clip model name ('
     return model.float()
 
 # %% ../nbs/05_encoders.ipynb #3f567097
+from torch.utils.checkpoint import checkpoint
+from open_clip.modified_resnet import ModifiedResNet
+
+@contextlib.contextmanager
+def _running_stats_kept(module:nn.Module):
+    "BatchNorm layers in training mode normalise with the batch's statistics but leave their running statistics alone."
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    kept = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
+    for m in bns: m.momentum = 0.       # running = (1 - 0)·running + 0·batch: unchanged, and the same tensors are saved
+    try: yield
+    finally:
+        for m, (momentum, n) in zip(bns, kept): m.momentum = momentum; m.num_batches_tracked.copy_(n)
+
 class CLIPBackbone(nn.Module):
     "open_clip CLIP model: trainable (or frozen) per-frame visual encoder, frozen text encoder."
     def __init__(self, name:str,                       # open_clip model name (config field `backbone`)
@@ -256,7 +269,9 @@ class CLIPBackbone(nn.Module):
                  freeze_visual:bool=False,             # freeze the visual tower (config field `freeze_backbone`)
                  cache_dir:Optional[str]=None,         # open_clip's weight cache folder (None: its defaults)
                  quick_gelu:Optional[bool]=None,       # force QuickGELU (None: from the pretrained tag)
-                 download:Optional[bool]=None):        # allow open_clip to download a missing tag
+                 download:Optional[bool]=None,         # allow open_clip to download a missing tag
+                 grad_checkpointing:bool=False,        # recompute activations block by block in backward (config `grad_checkpointing`)
+                 chunk:int=0):                         # frames per visual pass, 0: all at once (config `backbone_chunk`)
         super().__init__()
         self.name, self.pretrained, self.freeze_visual = name, pretrained, freeze_visual
         self.clip = load_clip_model(name, pretrained, cache_dir=cache_dir, quick_gelu=quick_gelu, download=download)
@@ -269,7 +284,16 @@ class CLIPBackbone(nn.Module):
         self.dim = int(getattr(self.clip.visual, 'output_dim', None) or open_clip.get_model_config(name)['embed_dim'])
         for n, p in self.clip.named_parameters():
             if not n.startswith('visual.') or freeze_visual: p.requires_grad_(False)
+        self.set_memory_options(grad_checkpointing, chunk)
         self.train()
+
+    def set_memory_options(self, grad_checkpointing:bool=False, chunk:int=0):
+        "Activation checkpointing of the visual tower and the number of frames per visual pass (0: all at once)."
+        if not isinstance(chunk, int) or chunk < 0: raise ValueError(f'backbone_chunk must be an integer >= 0, got {chunk!r}')
+        self.grad_checkpointing, self.chunk = bool(grad_checkpointing), chunk
+        if not isinstance(self.clip.visual, ModifiedResNet):     # open_clip checkpoints its transformers' blocks itself
+            self.clip.visual.set_grad_checkpointing(self.grad_checkpointing)
+        return self
 
     def _frozen_children(self):
         "Sub-modules of the CLIP model that always stay in eval mode."
@@ -284,15 +308,38 @@ class CLIPBackbone(nn.Module):
     @property
     def device(self) -> torch.device: return self.clip.logit_scale.device
 
+    def _checkpoint(self, fn, x):
+        "fn(x), its activations recomputed in the backward pass (BatchNorm running statistics updated once)."
+        return checkpoint(fn, x, use_reentrant=False,
+                          context_fn=lambda: (contextlib.nullcontext(), _running_stats_kept(self.clip.visual)))
+
+    def _tower(self, x:torch.Tensor) -> torch.Tensor: # N×3×H×W -> N×D
+        "The visual tower on a batch of frames; open_clip's ResNet is checkpointed here (stem, then every block)."
+        v = self.clip.visual
+        if not (self.grad_checkpointing and isinstance(v, ModifiedResNet) and torch.is_grad_enabled()):
+            return self.clip.encode_image(x)
+        x = self._checkpoint(v.stem, x)
+        for layer in (v.layer1, v.layer2, v.layer3, v.layer4):
+            for block in layer: x = self._checkpoint(block, x)
+        return v.attnpool(x)
+
     def encode_frames(self, x:torch.Tensor) -> torch.Tensor: # clips B×T×3×H×W (pixels normalised) -> B×T×D float32
-        "Visual features of every frame, B×T×D."
+        "Visual features of every frame, B×T×D, in passes of at most `chunk` frames."
         want = self.image_size if isinstance(self.image_size, tuple) else (self.image_size, self.image_size)
         if x.ndim != 5 or x.shape[2] != 3 or tuple(x.shape[-2:]) != want:
             raise ValueError(f'encode_frames expects B×T×3×{want[0]}×{want[1]} clips for {self.name!r}, got shape '
                              f'{tuple(x.shape)} (set config field `crop` to {want[0]})')
         B, T = x.shape[:2]
+        frames = x.reshape(B * T, *x.shape[2:])
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_visual):
-            f = self.clip.encode_image(x.reshape(B * T, *x.shape[2:]))
+            if not self.chunk or len(frames) <= self.chunk: f = self._tower(frames)
+            elif not torch.is_grad_enabled(): f = torch.cat([self._tower(c) for c in frames.split(self.chunk)])
+            else:
+                if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in self.clip.visual.modules()):
+                    raise ValueError(f'backbone_chunk={self.chunk} would compute the BatchNorm statistics of {self.name!r} '
+                                     f'over chunks instead of the whole episode in training; use grad_checkpointing=True '
+                                     f'to save memory with this backbone (or backbone_chunk=0)')
+                f = torch.cat([self._checkpoint(self._tower, c) for c in frames.split(self.chunk)])
         return f.float().reshape(B, T, -1)
 
     @torch.no_grad()

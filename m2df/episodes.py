@@ -173,8 +173,11 @@ def episode_loader(cfg: M2DFConfig,        # the run's config (dataset, frames, 
     sp = benchmark_split(cfg, split)
     sampler = EpisodeSampler(sp, cfg.way, cfg.shot, cfg.query if train else cfg.eval_query, seed=seed, rank=rank)
     ds = EpisodeDataset(sampler, benchmark_data_root(cfg), cfg.frames, clip_transform(cfg, augment), augment, n_episodes, start)
-    return DataLoader(ds, batch_size=None, shuffle=False, num_workers=cfg.num_workers,
-                      persistent_workers=False, prefetch_factor=2 if cfg.num_workers else None)
+    workers = cfg.num_workers
+    pin = cfg.device != 'cpu' and torch.cuda.is_available()   # page-locked batches: the copy to the GPU overlaps compute
+    return DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin,
+                      persistent_workers=False,             # one pass per loader: nothing to keep workers alive for
+                      prefetch_factor=2 if workers else None)  # episodes ready (or being decoded) per worker
 
 # %% ../nbs/04_episodes.ipynb #fc51fc4c
 class VideoClipDataset(Dataset):

@@ -26,6 +26,7 @@ class M2DF(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone if backbone is not None else CLIPBackbone(cfg.backbone, cfg.pretrained, freeze_visual=cfg.freeze_backbone)
+        self.backbone.set_memory_options(cfg.grad_checkpointing, cfg.backbone_chunk)   # exact: time for memory
         D = self.backbone.dim
         if D % cfg.fusion_heads:
             raise ValueError(f'config field fusion_heads = {cfg.fusion_heads} must divide the backbone width D = {D} ({cfg.backbone})')
