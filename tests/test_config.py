@@ -88,6 +88,6 @@ def test_papermill_parameters_are_checked(tmp_path, monkeypatch):
     nb = Path(__file__).resolve().parents[1] / 'nbs' / 'train.ipynb'
     with pytest.raises(pm.PapermillExecutionError) as e:
         pm.execute_notebook(str(nb), str(tmp_path / 'out.ipynb'), cwd=str(tmp_path), progress_bar=False,
-                            parameters=dict(distill='no', episodes=2, val_every=2, val_episodes=2, eval_episodes=2))
+                            parameters=dict(distill='no', episodes=2, val_every=2, val_episodes=2, test_episodes=2))
     assert e.value.ename == 'ConfigError' and "config field 'distill' = 'no': expected true or false" in e.value.evalue
     assert not (tmp_path / 'runs').exists()

@@ -138,7 +138,7 @@ def test_command_line_shows_progress(monkeypatch):
     seen = []
     class Spy:
         def __init__(self, cfg, run_dir, progress=True, **kw): seen.append((cfg.episodes, str(run_dir), progress))
-        def fit(self): return {}
+        def fit(self, **kw): return {}
     monkeypatch.setattr(L, 'Learner', Spy)
     L.main(['dataset=synthetic', 'episodes=4', 'run_dir=/tmp/x'])
     L.main(['dataset=synthetic', 'progress=false', 'run_dir=/tmp/x'])
