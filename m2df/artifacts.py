@@ -525,7 +525,7 @@ def ablation_markdown(runs: pd.DataFrame, caption: str = '', reference: str = 'f
     ab = ablation_frame(runs, reference)
     out = ['### Ablations: 5-way accuracy (%), mean over seeds ± 95% CI, and paired Δ to the full model', '']
     for g, t in ab.groupby('group', sort=False):
-        t = t.assign(cell=[fmt_acc(a, c) + ('' if v == reference else f' (Δ {fmt_acc(d, h, signed=True)})')
+        t = t.assign(cell=[fmt_acc(a, c) + ('' if v == reference or math.isnan(d) else f' (Δ {fmt_acc(d, h, signed=True)})')
                            for a, c, d, h, v in zip(t.accuracy, t.ci95, t.delta, t.delta_ci95, t.variant)])
         tab = t.pivot_table(index='setting', columns='column', values='cell', aggfunc='first', sort=False).fillna('')
         tab.columns.name = None
@@ -613,6 +613,10 @@ def plot_main(runs: pd.DataFrame, published: Optional[pd.DataFrame] = None,
     runs = seed_summary(runs[runs.variant.isin(methods)], reference)
     cols = runs[['dataset', 'shot']].drop_duplicates().sort_values(['dataset', 'shot']).itertuples(index=False)
     cols = list(cols)
+    if not cols:                                  # a partial grid without these methods: say so rather than fail
+        fig, ax = plt.subplots(figsize=(4.5, 1.2)); ax.axis('off')
+        ax.text(0.5, 0.5, f'no measured runs of {", ".join(methods)}', ha='center', va='center', fontsize=9)
+        return fig
     npub = max([len(published[(published.dataset == ds) & (published.shot == sh)]) for ds, sh in cols] or [0]) if published is not None else 0
     fig, axes = plt.subplots(1, len(cols), figsize=(max(4.5, (2.4 + 0.45 * npub) * len(cols)), 3.6), squeeze=False)
     colors = dict(zip(methods, plt.rcParams['axes.prop_cycle'].by_key()['color']))
