@@ -252,6 +252,11 @@ def test_main_table_shows_published_numbers_apart_with_grades(tmp_path):
     md = art.main_results_markdown(runs, pub)
     assert md.index('Measured here') < md.index('**Published**') and "CLIP-M²DF's own results" in md
     assert not set(part.index) & set(measured.index)                                    # never mixed with measured rows
+    k100 = collect_runs([fake_run(tmp_path / 'k', v, rng.integers(0, 2, 20).astype(float), dataset='kinetics100', shot=5)
+                         for v in ('full', 'clipfsar')])
+    _, part, _, notes = main_tables(k100, pub)                                          # only the numbers of the same shot:
+    assert len(part) == 8 and not any(i.startswith(('MoLo', 'CLIP-FSAR', 'LGA', 'EMP-Net')) for i in part.index)
+    assert not any('MoLo' in n for n in notes)                                          # ... MoLo has only 1-shot numbers
 
 def test_published_file_errors_name_row(tmp_path):
     f = tmp_path / 'p.csv'
