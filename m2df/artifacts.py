@@ -19,15 +19,17 @@ from .evaluate import mean_ci95, paired_difference
 
 # %% auto #0
 __all__ = ['VARIANTS', 'ABLATION_GROUPS', 'REFERENCE_ROW', 'VARIANT_FIELDS', 'CPU_BUDGET', 'QUICK_VARIANTS',
-           'RESULT_NEUTRAL_FIELDS', 'CONFIG_FIELDS', 'EPISODE_KEYS', 'RUN_COLUMNS', 'PUBLISHED_COLUMNS',
-           'REPRESENTATIONS', 'repo_root', 'default_runs_dir', 'default_figures_dir', 'config_with', 'Variant',
-           'infer_variant', 'budget_overrides', 'as_list', 'data_root_for', 'config_key', 'run_path',
-           'config_differences', 'notebook_overrides', 'train_notebook_parameters', 'notebook_parameters', 'ensure_run',
-           'grid_configs', 'run_grid', 'load_run', 'collect_runs', 'find_runs', 'paired_to_reference', 'load_published',
-           'markdown_table', 'fmt_acc', 'column_name', 'main_tables', 'main_results_markdown', 'ablation_frame',
-           'ablation_markdown', 'describe_runs', 'save_figure', 'chance', 'plot_main', 'plot_ablation', 'plot_lambda',
-           'load_run_model', 'video_vectors', 'episode_embeddings', 'tsne_coordinates', 'plot_tsne', 'query_counts',
-           'per_class_frame', 'plot_per_class']
+           'RESULT_NEUTRAL_FIELDS', 'CONFIG_FIELDS', 'EPISODE_KEYS', 'RUN_COLUMNS', 'PUBLISHED_COLUMNS', 'GRADES',
+           'PUBLISHED_NOT_LISTED', 'REPRESENTATIONS', 'repo_root', 'default_runs_dir', 'default_figures_dir',
+           'driver_dirs', 'config_with', 'Variant', 'infer_variant', 'budget_overrides', 'as_list', 'data_root_for',
+           'seeds_for', 'config_key', 'setting_key', 'run_path', 'config_differences', 'notebook_overrides',
+           'train_notebook_parameters', 'notebook_parameters', 'ensure_run', 'grid_configs', 'run_grid', 'load_run',
+           'collect_runs', 'find_runs', 'paired_to_reference', 'crossed_mean_ci95', 'seed_ci95', 'seed_summary',
+           'load_published', 'markdown_table', 'fmt_acc', 'column_name', 'main_tables', 'main_results_markdown',
+           'ablation_frame', 'ablation_markdown', 'setting_name', 'reference_name', 'differences_sentence',
+           'describe_runs', 'save_figure', 'chance', 'plot_main', 'plot_ablation', 'plot_lambda', 'load_run_model',
+           'video_vectors', 'episode_embeddings', 'tsne_coordinates', 'plot_tsne', 'query_counts', 'per_class_frame',
+           'plot_per_class']
 
 # %% ../nbs/15_artifacts.ipynb #2ba152f8
 def repo_root(start=None) -> Path:
@@ -42,6 +44,16 @@ def default_runs_dir(start=None) -> Path:
 def default_figures_dir(start=None) -> Path:
     "Where artifact figures and tables are written: `<repo>/figures`."
     return repo_root(start) / 'figures'
+
+def driver_dirs(runs_dir=None, figures_dir=None, start=None) -> tuple:
+    "(runs, figures, scratch) folders of a driver notebook: those given; else, under nbdev_test, one new temporary folder (`scratch`, else None); else the defaults."
+    import os, tempfile
+    scratch = None
+    if (runs_dir is None or figures_dir is None) and os.environ.get('IN_TEST'):   # nbdev_test sets IN_TEST=1
+        scratch = Path(tempfile.mkdtemp(prefix='m2df-driver-test-'))
+    runs = Path(runs_dir) if runs_dir is not None else (scratch / 'runs' if scratch else default_runs_dir(start))
+    figures = Path(figures_dir) if figures_dir is not None else (scratch / 'figures' if scratch else default_figures_dir(start))
+    return runs, figures, scratch
 
 # %% ../nbs/15_artifacts.ipynb #024ec37a
 def config_with(dataset: str, preset: str, overrides: dict) -> M2DFConfig:
@@ -92,7 +104,7 @@ def infer_variant(cfg: Union[M2DFConfig, dict]) -> str:
     return 'custom'
 
 # %% ../nbs/15_artifacts.ipynb #4a3c76a4
-CPU_BUDGET = {'synthetic': dict(episodes=40,        # training episodes per run (the preset trains 300)
+CPU_BUDGET = {'synthetic': dict(episodes=40,        # training episodes per run (the preset trains 200)
                                 val_every=40,       # one validation, at the end
                                 val_episodes=20,    # fixed validation episodes
                                 test_episodes=100)} # fixed test episodes, the same for every method
@@ -104,8 +116,12 @@ def budget_overrides(dataset: str, **given) -> dict:
 QUICK_VARIANTS = ('full', 'clipfsar', 'no_pps', 'no_distill')   # the grid of the CPU budget; every variant otherwise
 
 def as_list(x, cast=str) -> list:
-    "A parameter given as a list, a single value or a comma-separated string, as a list of `cast` values."
+    "A parameter given as a list, a single value, a comma-separated string or a list written as a string (`papermill -p x '[0, 1]'`), as a list of `cast` values."
     if x is None: return []
+    if isinstance(x, str) and x.strip()[:1] in '[(' and x.strip():
+        import ast
+        try: x = list(ast.literal_eval(x.strip()))
+        except (ValueError, SyntaxError): raise ValueError(f'cannot read {x!r} as a list') from None
     if isinstance(x, str): x = [p.strip() for p in x.split(',') if p.strip()]
     elif not isinstance(x, (list, tuple)): x = [x]
     return [cast(v) for v in x]
@@ -115,6 +131,15 @@ def data_root_for(dataset: str, data_root) -> Optional[str]:
     if isinstance(data_root, dict): return data_root.get(dataset)
     return data_root
 
+def seeds_for(seeds, overrides: dict, notebook: str) -> list:
+    "A driver's training seeds: `seeds` (one run per seed); else the `seed` field popped from `overrides`; else [the preset's]."
+    seed = overrides.pop('seed', None)
+    if seeds is not None and seed is not None:
+        raise ValueError(f'{notebook}: give the training seeds either as seeds (one run each) or as seed, not both')
+    seeds = as_list(seeds, int) if seeds is not None else [int(seed) if seed is not None else M2DFConfig.seed]
+    if not seeds or len(set(seeds)) != len(seeds): raise ValueError(f'{notebook}: seeds = {seeds}: give distinct seeds, at least one')
+    return seeds
+
 # %% ../nbs/15_artifacts.ipynb #1efe0be5
 RESULT_NEUTRAL_FIELDS = ('device', 'num_workers', 'data_root', 'splits_dir', 'ssv2_labels', 'check_workers',
                          'grad_checkpointing', 'backbone_chunk')   # exact: the same numbers with or without them
@@ -123,10 +148,17 @@ def config_key(cfg: M2DFConfig) -> str:
     "Digest of the fields of `cfg` that can change a result."
     return cfg.fingerprint([k for k in cfg.to_dict() if k not in RESULT_NEUTRAL_FIELDS])
 
+def setting_key(cfg: Union[M2DFConfig, dict]) -> str:
+    "Digest of the result-changing fields of `cfg` (a config or its dict) but the training seed: the runs of one setting share it."
+    import hashlib
+    d = cfg.to_dict() if isinstance(cfg, M2DFConfig) else dict(cfg)
+    d = {k: v for k, v in d.items() if k not in RESULT_NEUTRAL_FIELDS and k != 'seed'}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
 def run_path(root, cfg: M2DFConfig) -> Path:
     "The folder of the run of `cfg` under `root`."
     lam = '' if cfg.lam == M2DFConfig.lam else f'-lam{cfg.lam:g}'
-    return Path(root) / cfg.dataset / f'{cfg.shot}shot-{infer_variant(cfg)}{lam}-{config_key(cfg)}'
+    return Path(root) / cfg.dataset / f'{cfg.shot}shot-{infer_variant(cfg)}{lam}-seed{cfg.seed}-{config_key(cfg)}'
 
 def config_differences(saved: dict, cfg: M2DFConfig) -> dict:
     "Result-changing fields on which a run's saved config differs from `cfg`: {field: (saved, now)}."
@@ -218,30 +250,38 @@ def ensure_run(cfg: M2DFConfig, run_dir,
     return run_dir
 
 # %% ../nbs/15_artifacts.ipynb #2bc1c8bd
-def grid_configs(datasets: Sequence[str], shots: Sequence[int], variants: Sequence[str], **overrides) -> list:
-    "Configs of every dataset × shot × variant, each with the CPU budget of its dataset and `overrides` on top."
+def grid_configs(datasets: Sequence[str], shots: Sequence[int], variants: Sequence[str],
+                 seeds: Optional[Sequence[int]] = None,   # training seeds, one run each (None: the config's seed)
+                 **overrides) -> list:
+    "Configs of every dataset × shot × seed × variant, each with the CPU budget of its dataset and `overrides` on top."
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown: raise ValueError(f'unknown variant(s) {unknown}; choose from {list(VARIANTS)}')
-    return [VARIANTS[v].config(d, **budget_overrides(d, shot=s, **overrides)) for d in datasets for s in shots for v in variants]
+    if seeds is not None and 'seed' in overrides: raise ValueError('give seeds or seed, not both')
+    per_seed = [dict(seed=int(x)) for x in seeds] if seeds is not None else [{}]
+    return [VARIANTS[v].config(d, **budget_overrides(d, shot=s, **overrides, **sd))
+            for d in datasets for s in shots for sd in per_seed for v in variants]
 
 def run_grid(configs: Sequence[M2DFConfig], root=None, rerun: bool = False, train: bool = True,
              driver: str = 'package', notebook=None, progress: bool = False, log: Callable = print) -> pd.DataFrame:
     "Ensure (train, resume or reuse) the run of every config under `root` and collect them into a DataFrame."
+    import time
     root = Path(root) if root else default_runs_dir()
     dirs = []
     for i, cfg in enumerate(configs):
         d = run_path(root, cfg)
         state = 'reused' if (d / 'test.json').exists() and not rerun else ('training' if train else 'missing')
-        log(f'[{i + 1}/{len(configs)}] {cfg.dataset} {cfg.shot}-shot {infer_variant(cfg)} λ={cfg.lam:g}: {state} ({d})')
+        log(f'[{i + 1}/{len(configs)}] {cfg.dataset} {cfg.shot}-shot {infer_variant(cfg)} λ={cfg.lam:g} seed {cfg.seed}: {state} ({d})')
+        t0 = time.time()
         try: dirs.append(ensure_run(cfg, d, rerun=rerun, train=train, driver=driver, notebook=notebook, progress=progress))
         except FileNotFoundError as e:
             if train: raise
             warnings.warn(str(e))
+        if state == 'training': log(f'    done in {time.time() - t0:.0f} s')
     return collect_runs(dirs)
 
 # %% ../nbs/15_artifacts.ipynb #1b151fb8
 EPISODE_KEYS = ('dataset', 'way', 'shot', 'eval_query', 'eval_seed', 'test_episodes', 'drop_missing', 'splits_dir')  # same keys: same episodes
-RUN_COLUMNS = ('variant', 'label', 'group', *EPISODE_KEYS[:-1], 'splits_dir', 'episodes', 'val_episodes', 'seed', 'lam', 'backbone',
+RUN_COLUMNS = ('variant', 'label', 'group', 'setting', *EPISODE_KEYS[:-1], 'splits_dir', 'episodes', 'val_episodes', 'seed', 'lam', 'backbone',
                'pretrained', 'accuracy', 'ci95', 'episode_accuracy', 'per_class', 'selected_on', 'git_commit', 'run_dir')
 
 def load_run(run_dir) -> dict:
@@ -254,7 +294,7 @@ def load_run(run_dir) -> dict:
     env = json.loads((run_dir / 'env.json').read_text()) if (run_dir / 'env.json').exists() else {}
     name = infer_variant(cfg)
     v = VARIANTS.get(name)
-    return dict(variant=name, label=v.label if v else 'custom', group=v.group if v else 'custom',
+    return dict(variant=name, label=v.label if v else 'custom', group=v.group if v else 'custom', setting=setting_key(cfg),
                 dataset=cfg['dataset'], way=test['way'], shot=test['shot'], eval_query=test['query'], eval_seed=test['seed'],
                 test_episodes=test['episodes'], drop_missing=cfg.get('drop_missing', False), splits_dir=cfg.get('splits_dir') or '',
                 episodes=cfg['episodes'],
@@ -290,8 +330,89 @@ def paired_to_reference(df: pd.DataFrame, reference='full', column: str = 'varia
             out.loc[i, 'delta'], out.loc[i, 'delta_ci95'] = 100 * m, 100 * h
     return out
 
+# %% ../nbs/15_artifacts.ipynb #9390b841
+def crossed_mean_ci95(x) -> tuple:
+    "(mean, 95% half-width, degrees of freedom) of the mean of an S×E matrix (seeds × episodes), both random and crossed."
+    from scipy import stats
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.size == 0: raise ValueError(f'need a non-empty seeds × episodes matrix, got shape {x.shape}')
+    S, E = x.shape
+    if S == 1:                                   # one seed: the interval over episodes (the learner's own)
+        m, h = mean_ci95(x[0]); return m, h, math.inf
+    m, r, c = x.mean(), x.mean(1), x.mean(0)
+    if E == 1:                                   # one episode: the t interval over seeds
+        return float(m), float(stats.t.ppf(0.975, S - 1) * r.std(ddof=1) / math.sqrt(S)), float(S - 1)
+    ms = dict(seeds=(E * ((r - m) ** 2).sum() / (S - 1), S - 1), episodes=(S * ((c - m) ** 2).sum() / (E - 1), E - 1),
+              residual=(((x - r[:, None] - c[None] + m) ** 2).sum() / ((S - 1) * (E - 1)), (S - 1) * (E - 1)))
+    res = ms['residual'][0]
+    coef = {k: float(ms[k][0] > res) for k in ('seeds', 'episodes')}   # a component whose estimate is negative counts as 0
+    coef['residual'] = 1. - coef['seeds'] - coef['episodes']
+    v = sum(coef[k] * ms[k][0] for k in ms) / (S * E)
+    if v <= 0: return float(m), 0., math.inf
+    den = sum((coef[k] * ms[k][0]) ** 2 / ms[k][1] for k in ms if coef[k])
+    df = (v * S * E) ** 2 / den if den > 0 else math.inf
+    return float(m), float(stats.t.ppf(0.975, df) * math.sqrt(v)), float(df)
+
+def seed_ci95(per_seed) -> float:
+    "95% half-width of the mean of per-seed values: Student's t over the seeds (nan with fewer than 2)."
+    from scipy import stats
+    v = np.asarray(per_seed, dtype=np.float64)
+    return float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan
+
+_PER_RUN = ('seed', 'accuracy', 'ci95', 'episode_accuracy', 'per_class', 'git_commit', 'run_dir')
+
+def seed_summary(runs: pd.DataFrame, reference='full', column: str = 'variant') -> pd.DataFrame:
+    "One row per setting of `runs`: mean over its seeds, 95% CIs, and the difference to the `reference` setting paired on seeds and episodes."
+    cols = [c for c in runs.columns if c not in _PER_RUN]
+    extra = ['seeds', 'n_seeds', 'run_accuracy', 'accuracy', 'ci95', 'ci95_seeds', 'ci95_episodes', 'episode_accuracy',
+             'per_class', 'git_commit', 'run_dir', 'run_dirs', 'delta', 'delta_ci95', 'delta_ci95_seeds', 'delta_ci95_episodes',
+             'delta_seeds', 'resolved']
+    if runs.empty: return pd.DataFrame(columns=cols + extra)
+    rows = []
+    for _, g in runs.groupby('setting', sort=False):
+        g = g.sort_values('seed', kind='stable')
+        if g.seed.duplicated().any():
+            raise ValueError(f'{len(g)} runs of one setting share a seed ({sorted(g.seed[g.seed.duplicated()])}): {list(g.run_dir)}')
+        if len({len(a) for a in g.episode_accuracy}) > 1:
+            raise ValueError(f'runs of one setting scored different numbers of test episodes: {list(g.run_dir)}')
+        X = 100 * np.stack(g.episode_accuracy.to_list())
+        m, h, _ = crossed_mean_ci95(X)
+        classes = list(dict.fromkeys(c for pc in g.per_class for c in pc))
+        row = {k: g.iloc[0][k] for k in cols}
+        row.update(seeds=tuple(int(s) for s in g.seed), n_seeds=len(g), run_accuracy=tuple(float(a) for a in g.accuracy),
+                   accuracy=m, ci95=h, ci95_seeds=seed_ci95(X.mean(1)), ci95_episodes=mean_ci95(X.mean(0))[1],
+                   episode_accuracy=X, per_class={c: float(np.mean([pc[c] for pc in g.per_class if c in pc])) for c in classes},
+                   git_commit='/'.join(dict.fromkeys(str(c) for c in g.git_commit if c)) or None,
+                   run_dir=g.iloc[0].run_dir, run_dirs=tuple(g.run_dir))
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    for k in extra[-6:]: out[k] = np.nan
+    out['resolved'] = False
+    out['delta_seeds'] = 0
+    keys = [k for k in EPISODE_KEYS if k in out]
+    for _, g in out.groupby(keys, dropna=False, sort=False):
+        refs = g[g[column] == reference]
+        if len(refs) > 1: raise ValueError(f'{len(refs)} settings with {column} = {reference!r} score the same episodes: '
+                                           f'{list(refs.run_dir)}')
+        if len(refs) == 0: continue
+        ref = refs.iloc[0]
+        for i, row in g.iterrows():
+            both = [s for s in row.seeds if s in ref.seeds]
+            if not both: continue
+            D = row.episode_accuracy[[row.seeds.index(s) for s in both]] - ref.episode_accuracy[[ref.seeds.index(s) for s in both]]
+            d, h, _ = crossed_mean_ci95(D)
+            out.loc[i, ['delta', 'delta_ci95', 'delta_ci95_seeds', 'delta_ci95_episodes']] = \
+                [d, h, seed_ci95(D.mean(1)), mean_ci95(D.mean(0))[1]]
+            out.loc[i, 'delta_seeds'] = len(both)
+            out.loc[i, 'resolved'] = bool(abs(d) > h)
+    return out
+
 # %% ../nbs/15_artifacts.ipynb #77581bca
-PUBLISHED_COLUMNS = ('method', 'backbone', 'dataset', 'way', 'shot', 'accuracy', 'source', 'read_from', 'note')
+PUBLISHED_COLUMNS = ('method', 'backbone', 'dataset', 'way', 'shot', 'accuracy', 'grade', 'source', 'note')
+GRADES = {'R': "read in the method's own primary artifact (its repository README or a maintainer-quoted figure)",
+          'S': "secondary: read in a third-party summary that copies the paper's table"}
+PUBLISHED_NOT_LISTED = ("CLIP-M²DF's own results (arXiv 2401.08345) are not listed: its tables could not be read from any "
+                        "source available when the file was written, and no number is filled in from memory.")
 
 def load_published(path=None) -> pd.DataFrame:
     "The published peer numbers (`m2df/data/published.csv` by default), checked for their columns and values."
@@ -299,7 +420,7 @@ def load_published(path=None) -> pd.DataFrame:
     import io
     lines = [l for l in text.splitlines() if l.strip() and not l.lstrip().startswith('#')]
     name = path or 'm2df/data/published.csv'
-    df = pd.read_csv(io.StringIO('\n'.join(lines)), dtype={'note': str}, keep_default_na=False)
+    df = pd.read_csv(io.StringIO('\n'.join(lines)), dtype={'note': str, 'grade': str}, keep_default_na=False)
     missing = [c for c in PUBLISHED_COLUMNS if c not in df]
     if missing: raise ValueError(f'{name}: missing column(s) {missing}; expected {list(PUBLISHED_COLUMNS)}')
     from m2df.config import BENCHMARK_PRESETS
@@ -307,8 +428,12 @@ def load_published(path=None) -> pd.DataFrame:
         where = f'{name}: data row {i + 1} ({r.method}, {r.dataset})'
         if r.dataset not in BENCHMARK_PRESETS: raise ValueError(f'{where}: unknown dataset {r.dataset!r}')
         if not (0 <= float(r.accuracy) <= 100): raise ValueError(f'{where}: accuracy {r.accuracy} is not a percentage')
-        if not str(r.source).strip() or not str(r.read_from).strip(): raise ValueError(f'{where}: every number needs its source and read_from')
-    return df.astype({'way': int, 'shot': int, 'accuracy': float})
+        if r.grade not in GRADES: raise ValueError(f'{where}: grade {r.grade!r} is not one of {list(GRADES)}')
+        if not str(r.source).strip(): raise ValueError(f'{where}: every number needs its source')
+    df = df.astype({'way': int, 'shot': int, 'accuracy': float})
+    dup = df[df.duplicated(['method', 'backbone', 'dataset', 'way', 'shot'], keep=False)]
+    if len(dup): raise ValueError(f'{name}: two numbers for {dup.iloc[0].method} ({dup.iloc[0].backbone}) on {dup.iloc[0].dataset} {dup.iloc[0].shot}-shot')
+    return df
 
 # %% ../nbs/15_artifacts.ipynb #0f37d1e7
 def markdown_table(df: pd.DataFrame, index: bool = True) -> str:
@@ -331,8 +456,8 @@ def column_name(dataset: str, shot: int) -> str: return f'{dataset} {shot}-shot'
 # %% ../nbs/15_artifacts.ipynb #53454377
 def main_tables(runs: pd.DataFrame, published: Optional[pd.DataFrame] = None,
                 methods: Sequence[str] = ('full', 'clipfsar'), reference: str = 'full') -> tuple:
-    "(measured, published, sources): the two parts of the main table as DataFrames, and the numbered source list."
-    runs = paired_to_reference(runs[runs.variant.isin(methods)], reference)
+    "(measured, published, sources, notes): the two parts of the main table as DataFrames, the numbered sources and the notes."
+    runs = seed_summary(runs[runs.variant.isin(methods)], reference)
     cols = [column_name(d, s) for d, s in runs[['dataset', 'shot']].drop_duplicates().sort_values(['dataset', 'shot']).itertuples(index=False)]
     rows = {}
     for m in methods:
@@ -343,45 +468,53 @@ def main_tables(runs: pd.DataFrame, published: Optional[pd.DataFrame] = None,
                     column_name(r.dataset, r.shot)] = fmt_acc(r.delta, r.delta_ci95, signed=True)
     measured = pd.DataFrame.from_dict(rows, orient='index').reindex(columns=cols).fillna('')
     measured.index.name = 'method (this package)'
-    pub, sources = pd.DataFrame(), []
+    pub, sources, notes = pd.DataFrame(), [], []
     if published is not None and len(published):
         sel = published[[column_name(d, s) in cols for d, s in zip(published.dataset, published.shot)]]
         srcs = list(dict.fromkeys(sel.source))
-        sources = [f'[{i + 1}] {s}' + (f' — read from {", ".join(dict.fromkeys(sel[sel.source == s].read_from))}') for i, s in enumerate(srcs)]
+        sources = [f'[{i + 1}] {s}' for i, s in enumerate(srcs)]
         prow = {}
         for r in sel.itertuples():
-            prow.setdefault(f'{r.method} ({r.backbone}) — published', {})[column_name(r.dataset, r.shot)] = \
-                f'{r.accuracy:.1f} [{srcs.index(r.source) + 1}]'
+            cell = f'{r.accuracy:.1f}' + (' (S)' if r.grade == 'S' else '') + f' [{srcs.index(r.source) + 1}]'
+            if r.note:
+                notes.append(f'({chr(ord("a") + len(notes))}) {r.method} ({r.backbone}), {column_name(r.dataset, r.shot)}: {r.note}')
+                cell += f' ({chr(ord("a") + len(notes) - 1)})'
+            prow.setdefault(f'{r.method} ({r.backbone})', {})[column_name(r.dataset, r.shot)] = cell
         if prow:
             pub = pd.DataFrame.from_dict(prow, orient='index').reindex(columns=cols).fillna('')
             pub.index.name = 'method (published, not measured here)'
-    return measured, pub, sources
+    return measured, pub, sources, notes
 
 def main_results_markdown(runs: pd.DataFrame, published=None, caption: str = '', **kw) -> str:
-    "The main results table as markdown: the measured part, then the published part and its sources."
-    measured, pub, sources = main_tables(runs, published, **kw)
+    "The main results table as markdown: the measured part, then the published part with its grades, sources and notes."
+    measured, pub, sources, notes = main_tables(runs, published, **kw)
     out = ['### Main results: 5-way accuracy (%) ± 95% CI', '', '**Measured here** (all rows of a column on the same fixed test episodes)', '',
            markdown_table(measured), '']
     if len(pub):
-        out += ['**Published** (as reported by the papers; other code, episodes and possibly splits — not comparable episode by episode)', '',
+        out += ['**Published** (as reported for other code, episodes and possibly splits: not comparable episode by episode; '
+                f"no interval). (S): secondary, {GRADES['S'].split(': ', 1)[1]}; every other number {GRADES['R']}.", '',
                 markdown_table(pub), '', *[f'{s}  ' for s in sources], '']
+        if notes: out += ['Notes: ' + '; '.join(notes) + '.', '']
+        out += ['Most of these methods select their checkpoint on the test split; the measured rows select it on validation. '
+                + PUBLISHED_NOT_LISTED, '']
     else:
-        out += ['**Published**: no published numbers for these benchmarks in `m2df/data/published.csv`.', '']
+        out += ['**Published**: no published numbers for these benchmarks and shots in `m2df/data/published.csv`.', '']
     if caption: out += [f'*{caption}*', '']
     return '\n'.join(out)
 
 # %% ../nbs/15_artifacts.ipynb #629658eb
 def ablation_frame(runs: pd.DataFrame, reference: str = 'full') -> pd.DataFrame:
-    "Long table of the ablations: group, setting, benchmark/shot, accuracy and paired Δ to the full model."
-    runs = paired_to_reference(runs, reference)
+    "Long table of the ablations: group, setting, benchmark/shot, mean accuracy over seeds and paired Δ to the full model, with CIs."
+    runs = seed_summary(runs, reference)
     rows = []
     for r in runs.itertuples():
         groups = ABLATION_GROUPS if r.variant == reference else ((r.group,) if r.group in ABLATION_GROUPS else ())
         for g in groups:
             rows.append(dict(group=g, variant=r.variant, setting=REFERENCE_ROW[g] + ' (full model)' if r.variant == reference else r.label,
                              column=column_name(r.dataset, r.shot), dataset=r.dataset, shot=r.shot, accuracy=r.accuracy,
-                             ci95=r.ci95, delta=r.delta, delta_ci95=r.delta_ci95))
-    df = pd.DataFrame(rows, columns=['group', 'variant', 'setting', 'column', 'dataset', 'shot', 'accuracy', 'ci95', 'delta', 'delta_ci95'])
+                             ci95=r.ci95, delta=r.delta, delta_ci95=r.delta_ci95, resolved=r.resolved, n_seeds=r.n_seeds))
+    df = pd.DataFrame(rows, columns=['group', 'variant', 'setting', 'column', 'dataset', 'shot', 'accuracy', 'ci95', 'delta',
+                                     'delta_ci95', 'resolved', 'n_seeds'])
     # keep only groups in which something other than the reference was run
     has = df[df.variant != reference].group.unique()
     df = df[df.group.isin(has)]
@@ -391,9 +524,9 @@ def ablation_frame(runs: pd.DataFrame, reference: str = 'full') -> pd.DataFrame:
 def ablation_markdown(runs: pd.DataFrame, caption: str = '', reference: str = 'full') -> str:
     "The ablation tables as markdown, one per group, settings as rows and benchmark/shot as columns."
     ab = ablation_frame(runs, reference)
-    out = ['### Ablations: 5-way accuracy (%) ± 95% CI and paired Δ to the full model', '']
+    out = ['### Ablations: 5-way accuracy (%), mean over seeds ± 95% CI, and paired Δ to the full model', '']
     for g, t in ab.groupby('group', sort=False):
-        t = t.assign(cell=[fmt_acc(a, c) + ('' if v == reference else f' (Δ {fmt_acc(d, h, signed=True)})')
+        t = t.assign(cell=[fmt_acc(a, c) + ('' if v == reference or math.isnan(d) else f' (Δ {fmt_acc(d, h, signed=True)})')
                            for a, c, d, h, v in zip(t.accuracy, t.ci95, t.delta, t.delta_ci95, t.variant)])
         tab = t.pivot_table(index='setting', columns='column', values='cell', aggfunc='first', sort=False).fillna('')
         tab.columns.name = None
@@ -407,19 +540,58 @@ def _values(s) -> str:
     u = list(dict.fromkeys(map(str, s)))
     return u[0] if len(u) == 1 else '/'.join(u)
 
-def describe_runs(runs: pd.DataFrame) -> str:
-    "A caption for artifacts made of `runs`: data, settings, episode counts, seeds and code version."
+def setting_name(row, column: str = 'variant') -> str:
+    "How a caption names a setting (a row of `seed_summary`): its variant's label, or `λ = x`."
+    if column == 'variant': return row.label
+    return f'λ = {row.lam:g}' if column == 'lam' else f'{column} = {getattr(row, column)}'
+
+def reference_name(reference, column: str = 'variant') -> str:
+    return (VARIANTS[reference].label if reference in VARIANTS else str(reference)) if column == 'variant' else \
+           (f'λ = {reference:g}' if column == 'lam' else f'{column} = {reference}')
+
+def differences_sentence(summary: pd.DataFrame, reference='full', column: str = 'variant') -> str:
+    "In words, from the numbers: which paired differences to the reference lie outside their 95% CI and which inside."
+    d = summary[(summary[column] != reference) & summary.delta.notna()] if len(summary) else summary
+    if d.empty: return ''
+    many = len(d[['dataset', 'shot']].drop_duplicates()) > 1
+    item = lambda r: (f'{setting_name(r, column)}' + (f' ({column_name(r.dataset, r.shot)})' if many else '') +
+                      f' {fmt_acc(r.delta, r.delta_ci95, signed=True)}')
+    out, ins, ref = [item(r) for r in d.itertuples() if r.resolved], [item(r) for r in d.itertuples() if not r.resolved], \
+                    reference_name(reference, column)
+    parts = [f'Differences to {ref} outside their 95% CI: ' + '; '.join(out) + '.'] if out else []
+    if ins: parts.append(f'Inside their 95% CI, so these runs do not show a difference to {ref}: ' + '; '.join(ins) + '.')
+    return ' '.join(parts)
+
+def describe_runs(runs: pd.DataFrame, reference='full', column: str = 'variant') -> str:
+    "A caption for artifacts made of `runs`: data, training and test episodes, runs and seeds, which CIs, the differences in words, code version."
     if runs.empty: return 'no runs'
+    s = seed_summary(runs, reference, column)
     data = []
     for ds, g in runs.groupby('dataset', sort=False):
         what = ('the synthetic benchmark (procedural moving-shape videos; ' if ds == 'synthetic' else f'{ds} (') + \
                f'backbone {_values(g.backbone)}, {"random init" if g.pretrained.isna().all() else "pretrained " + _values(g.pretrained.dropna())})'
         data.append(what)
+    seed_sets = list(dict.fromkeys(s.seeds))
+    plural = lambda n, w: f'{n} {w}{"" if n == 1 else "s"}'
+    if len(seed_sets) == 1:
+        runs_txt = (f'{plural(len(s), "setting")} × {plural(len(seed_sets[0]), "training seed")} '
+                    f'({", ".join(map(str, seed_sets[0]))}) = {plural(len(runs), "training run")}')
+    else:
+        runs_txt = (f'{plural(len(runs), "training run")} of {plural(len(s), "setting")} '
+                    f'(seeds per setting: {"; ".join(", ".join(map(str, t)) for t in seed_sets)})')
+    ref = reference_name(reference, column)
+    if (s.n_seeds > 1).any():
+        ci = (f'Accuracy: mean over the seeds ± 95% CI with training seeds and test episodes both random (two-way crossed '
+              f'design, Satterthwaite t); Δ: difference to {ref} paired on the same seeds and episodes, with the same kind of CI.')
+    else:
+        ci = (f'Accuracy ± 95% CI over the test episodes (1.96·σ/√n) of a single training run per setting, which leaves out '
+              f'the spread between training seeds; Δ: per-episode difference to {ref}, paired on the same episodes.')
     commits = [c for c in runs.git_commit.dropna().unique()]
-    return (f"Data: {'; '.join(data)}. {_values(runs.way)}-way {_values(runs.shot)}-shot, {len(runs)} run(s); each trained for "
-            f"{_values(runs.episodes)} episodes (seed {_values(runs.seed)}), selected on {_values(runs.val_episodes)} validation "
-            f"episodes, scored on the same {_values(runs.test_episodes)} fixed test episodes (eval seed {_values(runs.eval_seed)}). "
-            f"Mean accuracy ± 95% CI (1.96·σ/√n); Δ: paired per-episode difference. "
+    diff = differences_sentence(s, reference, column)
+    return (f"Data: {'; '.join(data)}. {_values(runs.way)}-way {_values(runs.shot)}-shot; {runs_txt}, each trained for "
+            f"{_values(runs.episodes)} training episodes and selected on {_values(runs.val_episodes)} validation episodes; all "
+            f"scored on the same {_values(runs.test_episodes)} fixed test episodes (eval seed {_values(runs.eval_seed)}). "
+            f"{ci} " + (f'{diff} ' if diff else '') +
             f"Code: {_values([c[:12] + ('+dirty' if c.endswith('+dirty') else '') for c in commits]) if commits else 'unknown commit'}.")
 
 # %% ../nbs/15_artifacts.ipynb #bbdb9fca
@@ -438,11 +610,16 @@ def chance(way) -> float: return 100. / int(way)
 
 def plot_main(runs: pd.DataFrame, published: Optional[pd.DataFrame] = None,
               methods: Sequence[str] = ('full', 'clipfsar'), reference: str = 'full'):
-    "Bar chart of the main table: measured methods with 95% CIs, then (separated, grey) the published numbers."
-    runs = paired_to_reference(runs[runs.variant.isin(methods)], reference)
+    "Bar chart of the main table: measured methods (mean over seeds, 95% CIs), then, apart and grey, the published numbers ((S): secondary)."
+    runs = seed_summary(runs[runs.variant.isin(methods)], reference)
     cols = runs[['dataset', 'shot']].drop_duplicates().sort_values(['dataset', 'shot']).itertuples(index=False)
     cols = list(cols)
-    fig, axes = plt.subplots(1, len(cols), figsize=(max(4.5, 3.6 * len(cols)), 3.6), squeeze=False)
+    if not cols:                                  # a partial grid without these methods: say so rather than fail
+        fig, ax = plt.subplots(figsize=(4.5, 1.2)); ax.axis('off')
+        ax.text(0.5, 0.5, f'no measured runs of {", ".join(methods)}', ha='center', va='center', fontsize=9)
+        return fig
+    npub = max([len(published[(published.dataset == ds) & (published.shot == sh)]) for ds, sh in cols] or [0]) if published is not None else 0
+    fig, axes = plt.subplots(1, len(cols), figsize=(max(4.5, (2.4 + 0.45 * npub) * len(cols)), 3.6), squeeze=False)
     colors = dict(zip(methods, plt.rcParams['axes.prop_cycle'].by_key()['color']))
     for ax, (ds, shot) in zip(axes[0], cols):
         g = runs[(runs.dataset == ds) & (runs.shot == shot)].set_index('variant').reindex([m for m in methods if m in set(runs.variant)])
@@ -457,12 +634,16 @@ def plot_main(runs: pd.DataFrame, published: Optional[pd.DataFrame] = None,
         if len(p):
             xp = len(g) + 0.6 + np.arange(len(p))
             ax.axvline(len(g) - 0.2, color='0.5', ls='--', lw=0.8)
-            ax.bar(xp, p.accuracy, color='0.85', edgecolor='0.4', hatch='//')
-            ax.text(xp.mean(), 2, 'published\n(not measured)', ha='center', fontsize=7, color='0.3')
-            x = np.concatenate([x, xp]); labels += [f'{m} ({b})' for m, b in zip(p.method, p.backbone)]
+            ax.bar(xp, p.accuracy, color=['0.85' if gr == 'R' else '0.95' for gr in p.grade], edgecolor='0.4',
+                   hatch=['//' if gr == 'R' else '..' for gr in p.grade])
+            ax.text(xp.mean(), 2, 'published (not measured)\n(S): secondary source', ha='center', fontsize=6, color='0.3')
+            x = np.concatenate([x, xp])
+            labels += [f'{m} ({b})' + (' (S)' if gr == 'S' else '') for m, b, gr in zip(p.method, p.backbone, p.grade)]
         ax.axhline(chance(g.way.iloc[0] if len(g) else 5), color='0.5', ls=':', lw=1, label='chance')
         ax.set_xticks(x); ax.set_xticklabels(labels, rotation=30, ha='right', fontsize=7)
-        ax.set_title(column_name(ds, shot)); ax.set_ylim(0, 105); ax.set_ylabel('accuracy % (95% CI)')
+        n = _values(g.n_seeds) if len(g) else '0'
+        ax.set_title(f'{column_name(ds, shot)} ({n} seed{"" if n == "1" else "s"})'); ax.set_ylim(0, 105)
+        ax.set_ylabel('accuracy % (mean, 95% CI)')
     fig.tight_layout()
     return fig
 
@@ -488,10 +669,9 @@ def plot_ablation(runs: pd.DataFrame, reference: str = 'full'):
     return fig
 
 def plot_lambda(runs: pd.DataFrame, reference_lam: Optional[float] = None):
-    "(figure, runs with paired Δ, reference λ): accuracy against λ with its 95% CI band, and the paired Δ to the reference λ."
-    runs = runs.sort_values('lam')
-    ref = reference_lam if reference_lam is not None else (M2DFConfig.lam if (runs.lam == M2DFConfig.lam).any() else runs.lam.iloc[0])
-    runs = paired_to_reference(runs, ref, column='lam')
+    "(figure, one row per λ with paired Δ, reference λ): mean accuracy over seeds against λ with its 95% CI band, and the paired Δ."
+    ref = reference_lam if reference_lam is not None else (M2DFConfig.lam if (runs.lam == M2DFConfig.lam).any() else runs.lam.min())
+    runs = seed_summary(runs, ref, column='lam').sort_values('lam')
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for (ds, shot), g in runs.groupby(['dataset', 'shot']):
         lab = column_name(ds, shot)
@@ -500,7 +680,7 @@ def plot_lambda(runs: pd.DataFrame, reference_lam: Optional[float] = None):
         axes[1].plot(g.lam, g.delta, 'o-', label=lab)
         axes[1].fill_between(g.lam, g.delta - g.delta_ci95, g.delta + g.delta_ci95, alpha=0.2)
     axes[0].axhline(chance(runs.way.iloc[0]), color='0.5', ls=':', lw=1, label='chance')
-    axes[0].set_ylabel('accuracy % (95% CI band)'); axes[1].axhline(0, color='k', lw=0.8)
+    axes[0].set_ylabel('accuracy % (mean, 95% CI band)'); axes[1].axhline(0, color='k', lw=0.8)
     axes[1].set_ylabel(f'Δ vs λ = {ref:g} (paired, 95% CI band)')
     for ax in axes:
         ax.set_xlabel('λ (weight of the distillation loss)'); ax.legend(fontsize=7)
@@ -620,16 +800,20 @@ def query_counts(cfg: M2DFConfig, split: str = 'test', n_episodes: Optional[int]
     return counts
 
 def per_class_frame(run_dirs: dict) -> pd.DataFrame:
-    "Per-class accuracy of each run ({setting: run folder}) with query counts and binomial 95% CIs."
+    "Per-class accuracy of each setting ({setting: run folder, or the folders of its seeds}): mean over seeds, queries, 95% CI."
     rows = []
-    for setting, d in run_dirs.items():
-        rec = load_run(d)
-        cfg = M2DFConfig.from_dict(json.loads((Path(d) / 'config.json').read_text()))
-        n = query_counts(cfg, n_episodes=rec['test_episodes'])
-        for c, a in rec['per_class'].items():
-            p = a / 100
-            rows.append(dict(setting=setting, **{'class': c}, accuracy=a, n=n.get(c, 0),
-                             ci95=100 * 1.96 * math.sqrt(p * (1 - p) / n[c]) if n.get(c) else np.nan))
+    for setting, dirs in run_dirs.items():
+        dirs = [dirs] if isinstance(dirs, (str, Path)) else list(dirs)
+        recs = [load_run(d) for d in dirs]
+        cfg = M2DFConfig.from_dict(json.loads((Path(dirs[0]) / 'config.json').read_text()))
+        n = query_counts(cfg, n_episodes=recs[0]['test_episodes'])      # the same episodes for every seed
+        for c in dict.fromkeys(c for r in recs for c in r['per_class']):
+            acc = [r['per_class'][c] for r in recs if c in r['per_class']]
+            a = float(np.mean(acc)); p = a / 100
+            binom = 100 * 1.96 * math.sqrt(p * (1 - p) / n[c]) if n.get(c) else np.nan
+            seeds = seed_ci95(acc)
+            rows.append(dict(setting=setting, **{'class': c}, accuracy=a, n=n.get(c, 0), n_seeds=len(acc),
+                             ci95=binom if len(acc) == 1 else math.sqrt(binom ** 2 + seeds ** 2), ci95_seeds=seeds))
     return pd.DataFrame(rows)
 
 def plot_per_class(frame: pd.DataFrame, way: int = 5):
@@ -642,9 +826,9 @@ def plot_per_class(frame: pd.DataFrame, way: int = 5):
     for k, s in enumerate(settings):
         g = frame[frame.setting == s].set_index('class').reindex(order)
         ax.bar(np.arange(len(order)) + (k - (len(settings) - 1) / 2) * w, g.accuracy, w, yerr=g.ci95, capsize=2,
-               label=f'{s} (mean {frame[frame.setting == s].accuracy.mean():.1f})')
+               label=f'{s} (mean of classes {frame[frame.setting == s].accuracy.mean():.1f})')
     ax.axhline(chance(way), color='0.5', ls=':', lw=1, label='chance')
     ax.set_xticks(np.arange(len(order))); ax.set_xticklabels(order, rotation=30, ha='right', fontsize=8)
-    ax.set_ylabel('per-class accuracy % (95% CI)'); ax.set_ylim(0, 105); ax.legend(fontsize=7)
+    ax.set_ylabel('per-class accuracy %\n(mean over seeds, 95% CI)'); ax.set_ylim(0, 105); ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

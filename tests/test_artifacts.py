@@ -11,7 +11,7 @@ import m2df.artifacts as art
 from m2df.artifacts import (VARIANTS, CPU_BUDGET, ensure_run, run_path, run_grid, collect_runs, load_run, find_runs,
                             paired_to_reference, load_published, train_notebook_parameters, notebook_parameters,
                             ablation_frame, main_tables, load_run_model, episode_embeddings, budget_overrides, infer_variant,
-                            config_with, CONFIG_FIELDS)
+                            config_with, CONFIG_FIELDS, grid_configs, seed_summary, describe_runs, driver_dirs)
 from m2df.config import make_config
 from m2df.evaluate import mean_ci95, evaluate
 
@@ -23,9 +23,9 @@ def tiny_cfg(**kw):
     return make_config('synthetic', **{**dict(frames=4, fusion_ffn=64, accumulation=2, episodes=4, val_every=4, val_episodes=4,
                                               test_episodes=6), **kw})
 
-def fake_run(root, variant, acc, seed=2024, **kw):
-    "A run folder with the records the learner writes, for collection tests (no training)."
-    cfg = VARIANTS[variant].config('synthetic', eval_seed=seed, **{**CPU_BUDGET['synthetic'], **kw})
+def fake_run(root, variant, acc, seed=2024, train_seed=0, dataset='synthetic', **kw):
+    "A run folder with the records the learner writes, for collection tests (no training); `seed` is the evaluation seed."
+    cfg = VARIANTS[variant].config(dataset, eval_seed=seed, seed=train_seed, **{**CPU_BUDGET['synthetic'], **kw})
     d = run_path(root, cfg); d.mkdir(parents=True)
     (d / 'config.json').write_text(json.dumps(cfg.to_dict()))
     m, h = mean_ci95(acc)
@@ -172,8 +172,45 @@ def test_ablation_tables_cover_every_group(tmp_path):
     for g, t in ab.groupby('group'):
         assert t.setting.iloc[0].endswith('(full model)') and t.delta.iloc[0] == 0
     assert set(ab.variant) == set(VARIANTS) - {'clipfsar'}
-    measured, pub, _ = main_tables(runs, load_published())
+    measured, pub, _, _ = main_tables(runs, load_published())
     assert len(measured) == 3 and pub.empty                  # no published numbers for the synthetic benchmark
+
+def test_seed_summary_pairs_on_seeds_and_episodes(tmp_path):
+    "Several training seeds: one row per setting, the mean over seeds, a CI that counts the seeds' spread, Δ paired on seed and episode."
+    rng = np.random.default_rng(4)
+    ep = rng.integers(0, 2, (3, 200)).astype(float)                       # 3 seeds × 200 episodes, the seeds far apart
+    ep[1] = np.maximum(ep[1], rng.random(200) < .5); ep[2] = np.minimum(ep[2], rng.random(200) < .5)
+    ep[:, :40] = 0; var = ep.copy(); var[:, :20] = 1                       # a variant right on 10% more episodes, every seed
+    runs = collect_runs([fake_run(tmp_path, v, a[s], train_seed=s) for s in range(3) for v, a in (('full', ep), ('no_pps', var))])
+    sm = seed_summary(runs).set_index('variant')
+    assert sm.loc['full', 'seeds'] == (0, 1, 2) and np.isclose(sm.loc['full', 'accuracy'], 100 * ep.mean())
+    one_run_ci = runs[(runs.variant == 'full')].ci95.mean()
+    assert sm.loc['full', 'ci95'] > 2 * one_run_ci / np.sqrt(3)           # not the episodes-only interval of the pooled runs
+    assert np.isclose(sm.loc['no_pps', 'delta'], 100 * (var - ep).mean()) and sm.loc['no_pps', 'resolved']
+    assert sm.loc['no_pps', 'delta_ci95'] < sm.loc['full', 'ci95']         # the pairing removes the seeds' common spread
+    shuffled = runs.copy()                                                 # pairing a variant's seed with another seed of
+    m = shuffled.variant == 'no_pps'                                       # the full model is wrong: it would widen the CI
+    shuffled.loc[m, 'seed'] = shuffled.loc[m, 'seed'].map({0: 1, 1: 2, 2: 0})
+    assert seed_summary(shuffled).set_index('variant').loc['no_pps', 'delta_ci95'] > 2 * sm.loc['no_pps', 'delta_ci95']
+    cap = describe_runs(runs)
+    assert '2 settings × 3 training seeds (0, 1, 2) = 6 training runs' in cap and 'outside their 95% CI: PPS off' in cap, cap
+
+def test_tables_driver_over_seeds_under_nbdev_test(tmp_path, monkeypatch):
+    "The tables driver with two training seeds, under nbdev_test's IN_TEST: runs and figures in a temporary folder, figures/ untouched."
+    import papermill as pm
+    before = {p.name: p.stat().st_mtime_ns for p in (REPO / 'figures').iterdir()}
+    monkeypatch.setenv('IN_TEST', '1'); monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    params = dict(seeds='[0, 1]', variants='full,no_pps', frames=4, fusion_ffn=64, accumulation=2, episodes=2, val_every=2,
+                  val_episodes=2, test_episodes=6)
+    out = tmp_path / 'tables.ipynb'
+    pm.execute_notebook(str(REPO / 'nbs' / 'tables.ipynb'), str(out), parameters=params, cwd=str(REPO / 'nbs'), progress_bar=False)
+    assert {p.name: p.stat().st_mtime_ns for p in (REPO / 'figures').iterdir()} == before
+    text = out.read_text()
+    assert '4 runs' in text and 'seeds [0, 1]' in text
+    assert '2 settings × 2 training seeds (0, 1) = 4 training runs' in text
+    printed = ''.join(t for c in json.loads(text)['cells'] for o in c.get('outputs', []) for t in o.get('text', []))
+    scratch = Path(printed.split('figures in ')[1].split(';')[0]).parent
+    assert scratch.name.startswith('m2df-driver-test-') and not scratch.exists()     # the temporary folder is gone
 
 def test_infer_variant_of_a_train_notebook_run():
     assert infer_variant(make_config('hmdb51', 'no_pps', episodes=10).to_dict()) == 'no_pps'
@@ -181,22 +218,62 @@ def test_infer_variant_of_a_train_notebook_run():
 
 # --- published numbers and packaging
 
+PUBLISHED_HEADER = 'method,backbone,dataset,way,shot,accuracy,grade,source,note\n'
+
 def test_published_numbers_are_sourced():
+    "Every peer number on the five benchmarks, 1- and 5-shot, graded R (primary) or S (secondary), with its source."
     pub = load_published()
-    assert len(pub) and pub.accuracy.between(0, 100).all() and pub.shot.isin([1, 5]).all()
-    assert (pub.source.str.len() > 10).all() and pub.read_from.str.startswith('http').all()
+    assert len(pub) == 82 and pub.accuracy.between(0, 100).all() and set(pub.shot) == {1, 5}
+    assert set(pub.dataset) == {'ucf101', 'hmdb51', 'kinetics100', 'ssv2_small', 'ssv2_full'} and set(pub.grade) == {'R', 'S'}
+    assert (pub.source.str.len() > 10).all()
     assert not pub.duplicated(['method', 'backbone', 'dataset', 'way', 'shot']).any()
+    key = pub.set_index(['method', 'backbone', 'dataset', 'shot'])
+    assert key.loc[('TS-FSAR', 'CLIP ViT-B/16 (frozen) + ladder side network', 'ssv2_full', 1), 'accuracy'] == 75.1
+    assert key.loc[('CLIP-FSAR', 'CLIP ViT-B/16', 'ssv2_full', 1), 'grade'] == 'R'       # also read in a maintainer's figure
+    assert key.loc[('CLIP-FSAR', 'CLIP ViT-B/16', 'ssv2_full', 5), 'grade'] == 'S'
+    assert '77,500' in key.loc[('CLIP-MEI', 'CLIP RN50', 'ssv2_full', 1), 'note']
+    assert not pub.method.str.contains('M2DF|M²DF').any()             # the paper's own tables could not be read
+    text = (REPO / 'm2df' / 'data' / 'published.csv').read_text()
+    assert 'shared/' not in text and 'DESIGN' not in text and '../' not in text
+
+def test_main_table_shows_published_numbers_apart_with_grades(tmp_path):
+    "The published part carries the peers' numbers on the measured benchmarks and shots only, secondary ones marked (S)."
+    rng = np.random.default_rng(3)
+    runs = collect_runs([fake_run(tmp_path, v, rng.integers(0, 2, 20).astype(float), dataset='hmdb51', shot=5)
+                         for v in ('full', 'clipfsar')])
+    pub = load_published()
+    measured, part, sources, notes = main_tables(runs, pub)
+    want = pub[(pub.dataset == 'hmdb51') & (pub.shot == 5)]
+    assert list(part.columns) == ['hmdb51 5-shot'] and len(part) == len(want) == 10
+    cells = part['hmdb51 5-shot']
+    assert cells['EMP-Net (CLIP ViT-B/16 (frozen))'].startswith('85.8 (S) [')            # secondary: marked
+    assert cells['CLIP-SPM (CLIP ViT-B/16)'].startswith('88.6 [') and '(S)' not in cells['CLIP-SPM (CLIP ViT-B/16)']
+    assert any('STRM' in n and '74' in n for n in notes)                                # the reported reproduction gap
+    md = art.main_results_markdown(runs, pub)
+    assert md.index('Measured here') < md.index('**Published**') and "CLIP-M²DF's own results" in md
+    assert not set(part.index) & set(measured.index)                                    # never mixed with measured rows
+    k100 = collect_runs([fake_run(tmp_path / 'k', v, rng.integers(0, 2, 20).astype(float), dataset='kinetics100', shot=5)
+                         for v in ('full', 'clipfsar')])
+    _, part, _, notes = main_tables(k100, pub)                                          # only the numbers of the same shot:
+    assert len(part) == 8 and not any(i.startswith(('MoLo', 'CLIP-FSAR', 'LGA', 'EMP-Net')) for i in part.index)
+    assert not any('MoLo' in n for n in notes)                                          # ... MoLo has only 1-shot numbers
 
 def test_published_file_errors_name_row(tmp_path):
     f = tmp_path / 'p.csv'
-    f.write_text('method,backbone,dataset,way,shot,accuracy,source,read_from,note\nX,RN50,ucf,5,1,50,paper,http://x,\n')
+    f.write_text(PUBLISHED_HEADER + 'X,RN50,ucf,5,1,50,R,paper,\n')
     with pytest.raises(ValueError, match=r"p.csv: data row 1 \(X, ucf\): unknown dataset 'ucf'"):
         load_published(f)
     f.write_text('method,dataset,way,shot,accuracy\nX,ucf101,5,1,50\n')
     with pytest.raises(ValueError, match='missing column'):
         load_published(f)
-    f.write_text('method,backbone,dataset,way,shot,accuracy,source,read_from,note\nX,RN50,ucf101,5,1,150,paper,http://x,\n')
+    f.write_text(PUBLISHED_HEADER + 'X,RN50,ucf101,5,1,150,R,paper,\n')
     with pytest.raises(ValueError, match='not a percentage'):
+        load_published(f)
+    f.write_text(PUBLISHED_HEADER + 'X,RN50,ucf101,5,1,50,P,paper,\n')
+    with pytest.raises(ValueError, match="grade 'P' is not one of"):
+        load_published(f)
+    f.write_text(PUBLISHED_HEADER + 'X,RN50,ucf101,5,1,50,R,paper,\nX,RN50,ucf101,5,1,51,S,other,\n')
+    with pytest.raises(ValueError, match='two numbers for X'):
         load_published(f)
 
 def test_wheel_ships_the_data_file(tmp_path):
