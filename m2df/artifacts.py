@@ -116,7 +116,7 @@ def data_root_for(dataset: str, data_root) -> Optional[str]:
     return data_root
 
 # %% ../nbs/15_artifacts.ipynb #1efe0be5
-RESULT_NEUTRAL_FIELDS = ('device', 'num_workers', 'data_root', 'splits_dir', 'ssv2_labels', 'check_workers')
+RESULT_NEUTRAL_FIELDS = ('device', 'num_workers', 'data_root', 'splits_dir', 'ssv2_labels', 'check_workers', 'eval_chunk')
 
 def config_key(cfg: M2DFConfig) -> str:
     "Digest of the fields of `cfg` that can change a result."
