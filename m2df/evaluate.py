@@ -19,7 +19,7 @@ from .runs import atomic_write_text
 # %% auto #0
 __all__ = ['EPISODE_FIELDS', 'mean_ci95', 'paired_difference', 'weights_digest', 'feature_key', 'encode_videos', 'FeatureCache',
            'NonFiniteError', 'nonfinite_parameters', 'first_nonfinite', 'finite_inputs_guard', 'episode_seed',
-           'episode_generator', 'episodes_of', 'chunks', 'evaluate']
+           'episode_generator', 'episodes_of', 'chunks', 'video_outputs', 'evaluate']
 
 # %% ../nbs/13_evaluate.ipynb #a2499204
 def mean_ci95(values) -> tuple:
@@ -141,6 +141,11 @@ def chunks(items, size: int):
 
 EPISODE_FIELDS = ('support', 'query', 'support_labels', 'query_labels', 'class_ids')   # stacked over the episodes of a chunk
 
+def video_outputs(model, f: torch.Tensor, own_text: torch.Tensor, block: int) -> dict:
+    "`model.video_outputs` of the videos f (V×T×D) with their classes' texts (V×D), `block` videos at a time."
+    parts = [model.video_outputs(f[i:i + block], own_text[i:i + block]) for i in range(0, len(f), block)]
+    return {k: {v: torch.cat([p[k][v] for p in parts]) for v in parts[0][k]} for k in parts[0]}
+
 @torch.no_grad()
 def evaluate(model, cfg: M2DFConfig,
              split: str = 'test',             # val or test
@@ -159,6 +164,7 @@ def evaluate(model, cfg: M2DFConfig,
     was = model.training; model.eval()
     accs, per_class = [], np.zeros((len(sp.classes), 2), dtype=np.int64)
     amp = torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda' and cfg.amp else nullcontext()
+    text = model.class_text(names)                     # every class of the split, once; an episode indexes its N rows
     if cache is False:                                 # decode and encode every episode
         def encoded(ep):
             with amp: f = model.encode(torch.cat([ep['support'], ep['query']]).to(device, non_blocking=True))
@@ -168,22 +174,31 @@ def evaluate(model, cfg: M2DFConfig,
         cache = cache if cache is not None else FeatureCache()
         feats = cache.get(model, cfg, split, [r for s in specs for r in s.support + s.query],
                           persist=cfg.freeze_backbone, device=device, progress=progress)
-        episodes = (dict(support=torch.stack([feats[r.path] for r in s.support]), query=torch.stack([feats[r.path] for r in s.query]),
+        videos = list({r.path: r for s in specs for r in s.support + s.query}.values())    # the distinct videos
+        position = {r.path: i for i, r in enumerate(videos)}
+        table = torch.stack([feats[r.path] for r in videos]).to(device)                      # V×T×D
+        with amp:   # what depends on a video alone (temporal contexts, tokens as a support video), once per video
+            per_video = video_outputs(model, table, text[[r.label for r in videos]], chunk * len(specs[0].support + specs[0].query))
+        episodes = (dict(support=torch.as_tensor([position[r.path] for r in s.support]), query=torch.as_tensor([position[r.path] for r in s.query]),
                          support_labels=torch.as_tensor(s.support_labels), query_labels=torch.as_tensor(s.query_labels),
                          class_ids=torch.as_tensor(s.class_ids), index=s.index) for s in specs)
     if progress:
         from tqdm.auto import tqdm; episodes = tqdm(episodes, total=n_episodes, desc=f'{split} episodes', leave=False)
-    text = model.class_text(names)                     # every class of the split, once; an episode indexes its N rows
     indices = []
     where = lambda i=0: f'{split} episode {indices[i]}'
     with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []), finite_inputs_guard(model, where):
         for eps in chunks(episodes, chunk):
             indices = [int(ep['index']) for ep in eps]
-            ep = {k: torch.stack([e[k] for e in eps]) for k in EPISODE_FIELDS}      # E episodes of one shape
+            ep = {k: torch.stack([e[k] for e in eps]).to(device) for k in EPISODE_FIELDS}   # E episodes of one shape
+            kw = {}
+            if cache is not False:                     # rows of the distinct videos: gather their features and outputs
+                si, qi = ep['support'], ep['query']
+                ep['support'], ep['query'] = table[si], table[qi]
+                kw = dict(precomputed=dict(query_context={v: c[qi] for v, c in per_video['context'].items()},
+                                           support_tokens={v: z[si] for v, z in per_video['support_tokens'].items()}))
             gens = [episode_generator(cfg.eval_seed, split, i, device) for i in indices]
             with amp:
-                out = model(ep['support'].to(device), ep['query'].to(device), ep['support_labels'].to(device),
-                            text[ep['class_ids'].to(text.device)], generator=gens)
+                out = model(ep['support'], ep['query'], ep['support_labels'], text[ep['class_ids']], generator=gens, **kw)
             bad = first_nonfinite(out['logits'])
             if bad is not None:
                 params = nonfinite_parameters(model)
@@ -191,9 +206,9 @@ def evaluate(model, cfg: M2DFConfig,
                 raise NonFiniteError(f'non-finite logits at {where(bad)} (of {n_episodes}): the score would be meaningless'
                                      + (f'; the weights hold NaN/inf: {params}' if params else ''))
             pred = out['logits'].argmax(-1).cpu()
-            ok = (pred == ep['query_labels']).numpy()                                # E×Q
+            ok = (pred == ep['query_labels'].cpu()).numpy()                          # E×Q
             for row in ok: accs.append(float(row.mean()))
-            cls = ep['class_ids'].gather(1, ep['query_labels']).numpy()              # split-level class of every query
+            cls = ep['class_ids'].gather(1, ep['query_labels']).cpu().numpy()        # split-level class of every query
             np.add.at(per_class, (cls, 0), ok.astype(np.int64)); np.add.at(per_class, (cls, 1), 1)
     model.train(was)
     mean, ci = mean_ci95(accs)

@@ -52,25 +52,44 @@ class M2DF(nn.Module):
         "CLIP frame features B×T×D of B×T×3×H×W clips."
         return self.backbone.encode_frames(videos)
 
+    def support_prompts(self, own_text):
+        "Prompt tokens of support videos from the texts of their own classes (...×D): those texts, or zeros with PPS off."
+        return own_text if self.cfg.use_pps else torch.zeros_like(own_text)
+
     def prompts(self, fs, fq, support_labels, class_text, generator=None):
         "Prompt tokens of the support (their class's text) and of the queries (PPS), and the queries' π."
-        ns = fs.shape[-3]
+        ps = self.support_prompts(class_rows(class_text, support_labels).to(fs.dtype))
         if not self.cfg.use_pps:
-            z = fs.new_zeros(fs.shape[:-3] + (ns + fq.shape[-3], fs.shape[-1]))
-            return z[..., :ns, :], z[..., ns:, :], None
+            return ps, fq.new_zeros(fq.shape[:-2] + fq.shape[-1:]), None
         mode = self.cfg.pps_train_mode if self.training else self.cfg.pps_eval_mode
         pq, pi = self.pps(fq, class_text, mode, generator)
-        return class_rows(class_text, support_labels).to(fs.dtype), pq.to(fs.dtype), pi
+        return ps, pq.to(fs.dtype), pi
 
-    def view(self, v, fs, fq, ps, pq, support_labels, way):
+    def fused(self, v, f, p, context=None):
+        "Temporal context C^v and fused tokens Z^v = MMFE^v([P; C^v], [P; F]) of videos f (...×T×D) with prompts p (...×D)."
+        videos = f.flatten(0, -3)            # every video through one pass of each module
+        c = self.context[v](videos) if context is None else context.flatten(0, -3)
+        return c.unflatten(0, f.shape[:-2]), self.fusion[v](p.flatten(0, -2), c, videos).unflatten(0, f.shape[:-2])
+
+    def video_outputs(self, f, own_text) -> dict:
+        "The parts of the head that depend on a video alone, for videos f (V×T×D) of classes with texts own_text (V×D): per view, C^v and Z^v as a support video."
+        p = self.support_prompts(own_text.to(f.dtype))
+        out = {v: self.fused(v, f, p) for v in self.fusion}
+        return dict(context={v: c for v, (c, _) in out.items()}, support_tokens={v: z for v, (_, z) in out.items()})
+
+    def view(self, v, fs, fq, ps, pq, support_labels, way,
+             support_tokens=None,    # the support's fused tokens Z^v, when already computed (`video_outputs`)
+             query_context=None):    # the queries' temporal context C^v, when already computed (`video_outputs`)
         "Fused outputs of view `v`: query tokens Q×(1+T)×D and class prototypes N×(1+T)×D (the raw view has no token 0)."
         if v == 'raw':
             return fq, class_prototypes(fs, support_labels, way)
-        f = torch.cat([fs, fq], -3); p = torch.cat([ps, pq], -2)
-        videos = f.flatten(0, -3)            # the videos of all the episodes through one pass of each module
-        z = self.fusion[v](p.flatten(0, -2), self.context[v](videos), videos).unflatten(0, f.shape[:-2])
-        ns = fs.shape[-3]
-        return z[..., ns:, :, :], class_prototypes(z[..., :ns, :, :], support_labels, way)
+        if support_tokens is None:           # the support and the queries of every episode in one pass
+            ns = fs.shape[-3]
+            _, z = self.fused(v, torch.cat([fs, fq], -3), torch.cat([ps, pq], -2))
+            zs, zq = z[..., :ns, :, :], z[..., ns:, :, :]
+        else:                                # a support video's tokens depend on it alone, a query's context too
+            zs, (_, zq) = support_tokens, self.fused(v, fq, pq, query_context)
+        return zq, class_prototypes(zs, support_labels, way)
 
     def match(self, zq, u):
         "Distance Q×N (E×Q×N) between query frame tokens and prototype frame tokens."
@@ -82,7 +101,9 @@ class M2DF(nn.Module):
                          fq: torch.Tensor,              # query frame features Q×T×D (E×Q×T×D)
                          support_labels: torch.Tensor,  # (N·K,) in 0..N-1 (E×N·K)
                          class_text: torch.Tensor,      # N×D text embeddings of the episode's classes (E×N×D)
-                         generator=None) -> dict:       # `sample` prompts: None (global RNG), a Generator, or one per episode
+                         generator=None,                # `sample` prompts: None (global RNG), a Generator, or one per episode
+                         precomputed=None) -> dict:     # dict(query_context={view: C^v of fq}, support_tokens={view: Z^v of fs}),
+                                                        #   gathered from `video_outputs` of the distinct videos
         "Everything after the backbone: logits, per-view distances, the distillation loss and the features plots need."
         cfg, way = self.cfg, class_text.shape[-2]
         support_labels = torch.as_tensor(support_labels, device=fs.device)
@@ -91,7 +112,8 @@ class M2DF(nn.Module):
         out = dict(dist={}, text={}, query_tokens={}, prototypes={}, pps_probs=pi,
                    support_frames=fs, query_frames=fq)
         for v in cfg.views:
-            zq, u = self.view(v, fs, fq, ps, pq, support_labels, way)
+            pre = {} if precomputed is None or v == 'raw' else {k: precomputed[k][v] for k in ('query_context', 'support_tokens')}
+            zq, u = self.view(v, fs, fq, ps, pq, support_labels, way, **pre)
             tokens = slice(None) if v == 'raw' else slice(1, None)
             out['dist'][v] = self.match(zq[..., tokens, :], u[..., tokens, :])
             out['query_tokens'][v], out['prototypes'][v] = zq, u
@@ -114,11 +136,12 @@ class M2DF(nn.Module):
                 query: torch.Tensor,               # Q×T×3×H×W query clips, or Q×T×D features (E×Q×T×D)
                 support_labels: torch.Tensor,      # (N·K,) episode labels of the support (E×N·K)
                 class_text: torch.Tensor,          # N×D text embeddings of the episode's classes (E×N×D)
-                generator=None) -> dict:           # `sample` prompts: None (global RNG), a Generator, or one per episode
+                generator=None,                    # `sample` prompts: None (global RNG), a Generator, or one per episode
+                precomputed=None) -> dict:         # see `forward_features`
         "The model on an episode: one backbone pass over support and queries (skipped for cached features), then `forward_features`."
-        if support.dim() <= 4: return self.forward_features(support, query, support_labels, class_text, generator)
+        if support.dim() <= 4: return self.forward_features(support, query, support_labels, class_text, generator, precomputed)
         f = self.encode(torch.cat([support, query]))
-        return self.forward_features(f[:len(support)], f[len(support):], support_labels, class_text, generator)
+        return self.forward_features(f[:len(support)], f[len(support):], support_labels, class_text, generator, precomputed)
 
 def check_episodes(fs: torch.Tensor, fq: torch.Tensor, support_labels: torch.Tensor, class_text: torch.Tensor):
     "Raise a ValueError unless the head's inputs are one episode, or E episodes of one shape, that agree with each other."

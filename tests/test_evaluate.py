@@ -162,7 +162,7 @@ def test_nan_weights_are_an_error_naming_split_and_episode(cfg, pps_eval_mode):
 
 def test_sampled_prompts_do_not_depend_on_the_random_state(cfg):
     "With prompts sampled in evaluation, the score is a function of the model and the episodes, not of what ran before."
-    c = cfg.replace(pps_eval_mode='sample', logit_scale=50.)
+    c = cfg.replace(pps_eval_mode='sample', logit_scale=50., pps_tau=2.)   # a flat π: the draws vary
     torch.manual_seed(0)
     model, shared = M2DF(c).eval(), FeatureCache()
     draws = []
@@ -172,6 +172,7 @@ def test_sampled_prompts_do_not_depend_on_the_random_state(cfg):
     torch.manual_seed(2); torch.rand(5); b = evaluate(model, c, 'val', n_episodes=8, cache=shared, chunk=3)
     assert a['episode_accuracy'] == b['episode_accuracy']
     assert len(first) == 8 and torch.equal(first, torch.cat(draws)), 'the sampled prompts differ'
+    assert len({tuple(p.flatten().tolist()) for p in first.flatten(0, 1)}) > 1, 'every draw is the same class: the test would mean little'
     state = torch.get_rng_state()
     evaluate(model, c, 'val', n_episodes=2, cache=shared)
     assert torch.equal(state, torch.get_rng_state()), 'evaluation must leave the training random state alone'
@@ -230,6 +231,15 @@ def test_batched_head_gives_each_episode_its_own_outputs(name):
         if v != 'raw': close(many['text'][v], torch.stack([o['text'][v] for o in alone]), f'{v} text logits')
     if cfg.use_pps: close(many['pps_probs'], torch.stack([o['pps_probs'] for o in alone]), 'PPS probabilities')
     if cfg.distill: close(many['distill_loss'], torch.stack([o['distill_loss'] for o in alone]), 'distillation loss')
+    # what depends on a video alone (contexts; tokens of a support video, whose prompt is its own class's text), computed
+    # per video as evaluation does for the distinct videos, then gathered: the same outputs
+    own = text.gather(1, ys.unsqueeze(-1).expand(-1, -1, text.shape[-1]))
+    with torch.no_grad():
+        sup, qry = model.video_outputs(fs.flatten(0, 1), own.flatten(0, 1)), model.video_outputs(fq.flatten(0, 1), fq[:, :, 0].flatten(0, 1))
+        pre = dict(query_context={v: c.unflatten(0, fq.shape[:2]) for v, c in qry['context'].items()},
+                   support_tokens={v: z.unflatten(0, fs.shape[:2]) for v, z in sup['support_tokens'].items()})
+        via = model.forward_features(fs, fq, ys, text, generator=gens(), precomputed=pre)
+    close(via['logits'], many['logits'], 'logits from per-video outputs')
     preds = many['logits'].argmax(-1)
     assert len({tuple(p.tolist()) for p in preds}) > 1, 'every episode predicts the same: the comparison would mean little'
 
@@ -244,6 +254,11 @@ def test_batched_evaluation_scores_every_episode_as_one_at_a_time(name):
     one = evaluate(model, cfg, 'val', n_episodes=12, cache=cache, chunk=1)
     many = evaluate(model, cfg, 'val', n_episodes=12, cache=cache, chunk=5)
     assert many['episode_accuracy'] == one['episode_accuracy'] and many['per_class'] == one['per_class']
+    fs, fq, ys, text, specs = stacked_episodes(model, cfg, 'val', cache, 12)       # the plain head, episode by episode
+    with torch.no_grad():
+        plain = [int((model.forward_features(fs[i], fq[i], ys[i], text[i], generator=E.episode_generator(cfg.eval_seed, 'val', s.index))
+                      ['logits'].argmax(-1) == torch.as_tensor(s.query_labels)).sum()) / len(s.query) for i, s in enumerate(specs)]
+    assert many['episode_accuracy'] == plain
     assert len(set(one['episode_accuracy'])) > 1, 'every episode scores the same: the comparison would mean little'
 
 
