@@ -142,7 +142,7 @@ def seeds_for(seeds, overrides: dict, notebook: str) -> list:
 
 # %% ../nbs/15_artifacts.ipynb #1efe0be5
 RESULT_NEUTRAL_FIELDS = ('device', 'num_workers', 'data_root', 'splits_dir', 'ssv2_labels', 'check_workers',
-                         'grad_checkpointing', 'backbone_chunk')   # exact: the same numbers with or without them
+                         'grad_checkpointing', 'backbone_chunk', 'eval_chunk')   # exact: the same numbers with or without them
 
 def config_key(cfg: M2DFConfig) -> str:
     "Digest of the fields of `cfg` that can change a result."

@@ -124,6 +124,7 @@ class M2DFConfig:
     val_every: int = 500                  # validate every this many episodes
     val_episodes: int = 1000              # fixed validation episodes
     test_episodes: int = 10_000           # fixed test episodes, scored once
+    eval_chunk: int = 64                  # evaluation episodes the head scores at once (memory grows with it, scores do not change)
     eval_seed: int = 2024                 # seed of the fixed evaluation episodes
     seed: int = 0                         # seed of training (python, numpy, torch)
     train_augment: bool = True            # random frames/crop/flip in training (False + frozen backbone: cached features)
@@ -155,7 +156,7 @@ class M2DFConfig:
         need(not self.distill or set(self.views) >= {'local', 'global'}, 'distill',
              f"mutual distillation needs both the 'local' and 'global' views, views are {self.views}; set distill=False")
         for name in ('frames', 'way', 'shot', 'query', 'eval_query', 'crop', 'resize', 'pps_topk', 'fusion_heads',
-                     'fusion_depth', 'fusion_ffn', 'accumulation', 'episodes', 'val_episodes', 'test_episodes', 'val_every'):
+                     'fusion_depth', 'fusion_ffn', 'accumulation', 'episodes', 'val_episodes', 'test_episodes', 'eval_chunk', 'val_every'):
             need(isinstance(getattr(self, name), int) and getattr(self, name) > 0, name, 'must be a positive integer')
         need(self.way >= 2, 'way', 'an episode needs at least 2 classes')
         need(self.resize >= self.crop, 'resize', f'must be at least crop ({self.crop})')

@@ -13,43 +13,44 @@ from .config import M2DFConfig, DISTILL_CONDITIONS, DISTILL_DIRECTIONS, DISTILL_
 __all__ = ['visual_log_probs', 'confidence', 'distillation_masks', 'mutual_distillation_loss']
 
 # %% ../nbs/10_distill.ipynb #0de36277
-def _check_matrix(x:Tensor, # a Q×N score matrix
+def _check_matrix(x:Tensor, # a Q×N score matrix (E×Q×N: E episodes at once)
                   name:str, # the parameter's name, for the error message
                  ):
-    "Raise a ValueError naming `name` unless `x` is a 2-D floating tensor with at least one class."
+    "Raise a ValueError naming `name` unless `x` is a 2-D (3-D: with an episode axis) floating tensor with at least one class."
     if not isinstance(x, Tensor): raise TypeError(f'{name} must be a torch.Tensor, got {type(x).__name__}')
-    if x.dim() != 2 or x.shape[1] == 0: raise ValueError(f'{name} must be (queries, classes), got shape {tuple(x.shape)}')
+    if x.dim() not in (2, 3) or x.shape[-1] == 0:
+        raise ValueError(f'{name} must be (queries, classes) or (episodes, queries, classes), got shape {tuple(x.shape)}')
     if not x.is_floating_point(): raise ValueError(f'{name} must be a floating tensor, got {x.dtype}')
 
 def _float(x:Tensor) -> Tensor:
     "x in float32 (float64 stays float64): half-precision softmaxes lose the small KL values."
     return x if x.dtype == torch.float64 else x.float()
 
-def visual_log_probs(dist:Tensor, # Q×N class distances of one view
-                    ) -> Tensor: # Q×N log P^{vis} = log softmax_c(−D)
+def visual_log_probs(dist:Tensor, # Q×N class distances of one view (E×Q×N)
+                    ) -> Tensor: # Q×N (E×Q×N) log P^{vis} = log softmax_c(−D)
     "Log class probabilities of a view's distances (float32 at least)."
     _check_matrix(dist, 'dist')
     return F.log_softmax(-_float(dist), dim=-1)
 
-def confidence(logits:Tensor, # Q×N class logits (−D for the visual side, cos for the text side)
+def confidence(logits:Tensor, # Q×N (E×Q×N) class logits (−D for the visual side, cos for the text side)
                detach:bool=True, # False: keep it in the graph (the authors' code)
-              ) -> Tensor: # Q, the top class probability
+              ) -> Tensor: # Q (E×Q), the top class probability
     "Top class probability max_c softmax_c(logits), used for selection and weighting; detached unless told otherwise."
     _check_matrix(logits, 'logits')
     return F.softmax(_float(logits.detach() if detach else logits), dim=-1).amax(-1)
 
 # %% ../nbs/10_distill.ipynb #ccd75714
-def distillation_masks(a_l:Tensor, # Q visual confidences of the local view
+def distillation_masks(a_l:Tensor, # Q visual confidences of the local view (E×Q: E episodes at once)
                        a_g:Tensor, # Q visual confidences of the global view
                        b_l:Tensor, # Q text confidences of the local view
                        b_g:Tensor, # Q text confidences of the global view
                        condition:str=M2DFConfig.distill_condition, # 'tv' | 't' | 'v' | 'none'
-                      ) -> tuple: # (local_teaches, global_teaches), two bool tensors of shape Q
+                      ) -> tuple: # (local_teaches, global_teaches), two bool tensors of shape Q (E×Q)
     "Which queries the local view teaches the global one, and which the global view teaches the local one."
     if condition not in DISTILL_CONDITIONS: raise ValueError(f'condition must be one of {DISTILL_CONDITIONS}, got {condition!r}')
     shapes = {n: tuple(x.shape) for n, x in dict(a_l=a_l, a_g=a_g, b_l=b_l, b_g=b_g).items()}
-    if len(set(shapes.values())) != 1 or len(shapes['a_l']) != 1:
-        raise ValueError(f'a_l, a_g, b_l, b_g must be 1-D tensors of one shape (queries,), got {shapes}')
+    if len(set(shapes.values())) != 1 or len(shapes['a_l']) not in (1, 2):
+        raise ValueError(f'a_l, a_g, b_l, b_g must be tensors of one shape, (queries,) or (episodes, queries), got {shapes}')
     vis, txt = a_l >= a_g, b_l >= b_g
     if condition == 'tv': return vis & txt, ~vis & ~txt
     if condition == 'v': return vis, ~vis
@@ -58,22 +59,22 @@ def distillation_masks(a_l:Tensor, # Q visual confidences of the local view
     return everyone, everyone.clone()
 
 # %% ../nbs/10_distill.ipynb #f708b9e8
-def _kl(teacher_logp:Tensor, student_logp:Tensor) -> Tensor: # Q×N log probabilities -> Q
+def _kl(teacher_logp:Tensor, student_logp:Tensor) -> Tensor: # (E×)Q×N log probabilities -> (E×)Q
     "KL(teacher ‖ student) of every query."
     return (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)
 
-def _direction_loss(teacher_logp:Tensor, # Q×N teacher log probabilities
-                    student_logp:Tensor, # Q×N student log probabilities
-                    weight:Tensor, # Q teacher confidences a + b
-                    mask:Tensor, # Q bool, the queries distilled in this direction
-                   ) -> Tensor: # scalar, 0 when the mask is empty
+def _direction_loss(teacher_logp:Tensor, # Q×N teacher log probabilities (E×Q×N)
+                    student_logp:Tensor, # Q×N student log probabilities (E×Q×N)
+                    weight:Tensor, # Q teacher confidences a + b (E×Q)
+                    mask:Tensor, # Q bool, the queries distilled in this direction (E×Q)
+                   ) -> Tensor: # scalar (E: one per episode), 0 when the mask is empty
     "Confidence-weighted mean over the masked queries of KL(teacher ‖ student)."
     kl = _kl(teacher_logp, student_logp)
-    num = torch.where(mask, weight * kl, torch.zeros_like(kl)).sum()
-    den = torch.where(mask, weight, torch.zeros_like(weight)).sum()
-    return num / torch.where(mask.any(), den, torch.ones_like(den))   # empty: 0 / 1, and no NaN in the backward pass
+    num = torch.where(mask, weight * kl, torch.zeros_like(kl)).sum(-1)
+    den = torch.where(mask, weight, torch.zeros_like(weight)).sum(-1)
+    return num / torch.where(mask.any(-1), den, torch.ones_like(den))   # empty: 0 / 1, and no NaN in the backward pass
 
-def mutual_distillation_loss(dist_local:Tensor, # Q×N class distances of the local view
+def mutual_distillation_loss(dist_local:Tensor, # Q×N class distances of the local view (E×Q×N: E episodes at once)
                              dist_global:Tensor, # Q×N class distances of the global view
                              text_local:Tensor, # Q×N text logits cos(Z^l_{q,0}, U^l_{c,0}) of the local view
                              text_global:Tensor, # Q×N text logits of the global view
@@ -82,8 +83,8 @@ def mutual_distillation_loss(dist_local:Tensor, # Q×N class distances of the lo
                              detach_teacher:bool=M2DFConfig.detach_teacher, # the teacher's distribution is a constant
                              detach_confidence:bool=M2DFConfig.detach_confidence, # the weights a + b are constants
                              none_reduction:str=M2DFConfig.distill_none_reduction, # condition 'none': 'weighted_mean' | 'sum'
-                            ) -> tuple: # (loss scalar, info dict of detached tensors)
-    "The MVMD loss of one episode: per query, the more confident view teaches the other."
+                            ) -> tuple: # (loss scalar, info dict of detached tensors); with an episode axis, E losses and E-long infos
+    "The MVMD loss of one episode (or of each of E episodes): per query, the more confident view teaches the other."
     if direction not in DISTILL_DIRECTIONS: raise ValueError(f'direction must be one of {DISTILL_DIRECTIONS}, got {direction!r}')
     if condition not in DISTILL_CONDITIONS: raise ValueError(f'condition must be one of {DISTILL_CONDITIONS}, got {condition!r}')
     if none_reduction not in DISTILL_NONE_REDUCTIONS:
@@ -102,12 +103,13 @@ def mutual_distillation_loss(dist_local:Tensor, # Q×N class distances of the lo
         if direction == 'l2g': g_teaches = torch.zeros_like(g_teaches)
         teacher = (lambda lp: lp.detach()) if detach_teacher else (lambda lp: lp)
         if condition == 'none' and none_reduction == 'sum':   # the authors': unweighted KL summed over the queries
-            loss_l2g = _kl(teacher(lp_l), lp_g)[l_teaches].sum()
-            loss_g2l = _kl(teacher(lp_g), lp_l)[g_teaches].sum()
+            kl_l2g, kl_g2l = _kl(teacher(lp_l), lp_g), _kl(teacher(lp_g), lp_l)
+            loss_l2g = torch.where(l_teaches, kl_l2g, torch.zeros_like(kl_l2g)).sum(-1)
+            loss_g2l = torch.where(g_teaches, kl_g2l, torch.zeros_like(kl_g2l)).sum(-1)
         else:
             loss_l2g = _direction_loss(teacher(lp_l), lp_g, a_l + b_l, l_teaches)
             loss_g2l = _direction_loss(teacher(lp_g), lp_l, a_g + b_g, g_teaches)
-    info = dict(n_l2g=l_teaches.sum(), n_g2l=g_teaches.sum(), n_skipped=(~l_teaches & ~g_teaches).sum(),
-                loss_l2g=loss_l2g.detach(), loss_g2l=loss_g2l.detach(),
-                a_local=a_l.detach().mean(), a_global=a_g.detach().mean(), b_local=b_l.detach().mean(), b_global=b_g.detach().mean())
+    info = dict(n_l2g=l_teaches.sum(-1), n_g2l=g_teaches.sum(-1), n_skipped=(~l_teaches & ~g_teaches).sum(-1),
+                loss_l2g=loss_l2g.detach(), loss_g2l=loss_g2l.detach(), a_local=a_l.detach().mean(-1),
+                a_global=a_g.detach().mean(-1), b_local=b_l.detach().mean(-1), b_global=b_g.detach().mean(-1))
     return loss_l2g + loss_g2l, info

@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_evaluate.ipynb #ebb3bbea
 from __future__ import annotations
-import hashlib, math
+import hashlib, itertools, math
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Optional
@@ -17,8 +17,9 @@ from .episodes import (EpisodeSampler, VideoClipDataset, benchmark_data_root, be
 from .runs import atomic_write_text
 
 # %% auto #0
-__all__ = ['mean_ci95', 'paired_difference', 'weights_digest', 'feature_key', 'encode_videos', 'FeatureCache', 'NonFiniteError',
-           'nonfinite_parameters', 'finite_inputs_guard', 'episode_seed', 'episodes_of', 'evaluate']
+__all__ = ['EPISODE_FIELDS', 'mean_ci95', 'paired_difference', 'weights_digest', 'feature_key', 'encode_videos', 'FeatureCache',
+           'NonFiniteError', 'nonfinite_parameters', 'first_nonfinite', 'finite_inputs_guard', 'episode_seed',
+           'episode_generator', 'episodes_of', 'chunks', 'video_outputs', 'evaluate']
 
 # %% ../nbs/13_evaluate.ipynb #a2499204
 def mean_ci95(values) -> tuple:
@@ -98,16 +99,22 @@ def nonfinite_parameters(model, n: int = 5) -> list:
     "Names of (at most `n`) parameters of `model` that hold NaN or ±inf."
     return [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())][:n]
 
+def first_nonfinite(x: torch.Tensor) -> Optional[int]:
+    "Index along the first axis of the first slice of `x` that holds NaN or ±inf; None when all is finite."
+    bad = ~torch.isfinite(x.reshape(len(x), -1)).all(1)
+    return int(bad.nonzero()[0]) if bool(bad.any()) else None
+
 @contextmanager
 def finite_inputs_guard(model, where):
-    "While active, a NaN/inf in the frame features or class texts reaching `model.pps` raises `NonFiniteError` naming `where()`."
+    "While active, a NaN/inf in the frame features or class texts reaching `model.pps` raises `NonFiniteError` naming `where()` (`where(i)`: episode i of a batch of episodes)."
     pps = getattr(model, 'pps', None)
     if pps is None: yield; return
     def check(module, args):
-        for what, t in zip(('query frame features', 'class-prompt embeddings'), args[:2]):
+        for what, t, one in zip(('query frame features', 'class-prompt embeddings'), args[:2], (3, 2)):
             if torch.is_tensor(t) and not bool(torch.isfinite(t).all()):
                 bad = nonfinite_parameters(model)
-                raise NonFiniteError(f'non-finite {what} at {where()}, before the prompt selector'
+                at = where() if t.dim() == one else where(first_nonfinite(t))
+                raise NonFiniteError(f'non-finite {what} at {at}, before the prompt selector'
                                      + (f'; the weights hold NaN/inf: {bad}' if bad else ''))
     handle = pps.register_forward_pre_hook(check)
     try: yield
@@ -117,55 +124,91 @@ def episode_seed(seed: int, split: str, index: int) -> int:
     "The torch seed of evaluation episode `index` of `split` (sampled prompts draw from it, whatever ran before)."
     return int.from_bytes(hashlib.sha256(f'{seed}-{split}-{index}'.encode()).digest()[:8], 'little') % (2**63)
 
+def episode_generator(seed: int, split: str, index: int, device='cpu') -> torch.Generator:
+    "The random generator of evaluation episode `index` of `split`, seeded with `episode_seed` (its sampled prompts draw from it)."
+    return torch.Generator(device=device).manual_seed(episode_seed(seed, split, index))
+
 def episodes_of(cfg: M2DFConfig, split: str, n_episodes: int, seed: Optional[int] = None, rank: int = 0):
     "The split and the `n_episodes` fixed evaluation episode specs (no decoding)."
     sp = benchmark_split(cfg, split)
     sampler = EpisodeSampler(sp, cfg.way, cfg.shot, cfg.eval_query, seed=cfg.eval_seed if seed is None else seed, rank=rank)
     return sp, [sampler.episode(i) for i in range(n_episodes)]
 
+def chunks(items, size: int):
+    "Lists of `size` consecutive items of the iterable `items` (the last one shorter)."
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)): yield chunk
+
+EPISODE_FIELDS = ('support', 'query', 'support_labels', 'query_labels', 'class_ids')   # stacked over the episodes of a chunk
+
+def video_outputs(model, f: torch.Tensor, own_text: torch.Tensor, block: int) -> dict:
+    "`model.video_outputs` of the videos f (V×T×D) with their classes' texts (V×D), `block` videos at a time."
+    parts = [model.video_outputs(f[i:i + block], own_text[i:i + block]) for i in range(0, len(f), block)]
+    return {k: {v: torch.cat([p[k][v] for p in parts]) for v in parts[0][k]} for k in parts[0]}
+
 @torch.no_grad()
 def evaluate(model, cfg: M2DFConfig,
              split: str = 'test',             # val or test
              n_episodes: Optional[int] = None, # default: cfg.val_episodes (val) or cfg.test_episodes (test)
              cache: Optional[FeatureCache] = None,  # None: a fresh in-memory cache; False: decode every episode
-             device=None, progress: bool = False) -> dict:
+             device=None, progress: bool = False,
+             chunk: Optional[int] = None,     # episodes the head scores at once (None: cfg.eval_chunk); 1: one at a time
+            ) -> dict:
     "Accuracy of `model` on fixed episodes of `split`: mean, 95% CI, per-episode and per-class accuracy; non-finite logits are an error."
     n_episodes = n_episodes or (cfg.val_episodes if split == 'val' else cfg.test_episodes)
-    device = device or next(model.parameters()).device
+    chunk = cfg.eval_chunk if chunk is None else chunk
+    if not (isinstance(chunk, int) and chunk >= 1): raise ValueError(f'chunk (config field eval_chunk) must be a positive integer, got {chunk!r}')
+    device = torch.device(device or next(model.parameters()).device)
     sp, specs = episodes_of(cfg, split, n_episodes)
     names = sp.class_names
     was = model.training; model.eval()
     accs, per_class = [], np.zeros((len(sp.classes), 2), dtype=np.int64)
-    if cache is False:
-        batches = episode_loader(cfg, split, n_episodes, train=False)
-    else:
+    amp = torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda' and cfg.amp else nullcontext()
+    text = model.class_text(names)                     # every class of the split, once; an episode indexes its N rows
+    if cache is False:                                 # decode and encode every episode
+        def encoded(ep):
+            with amp: f = model.encode(torch.cat([ep['support'], ep['query']]).to(device, non_blocking=True))
+            return dict(ep, support=f[:len(ep['support'])], query=f[len(ep['support']):])
+        episodes = map(encoded, episode_loader(cfg, split, n_episodes, train=False))
+    else:                                              # every distinct video encoded once, then looked up
         cache = cache if cache is not None else FeatureCache()
         feats = cache.get(model, cfg, split, [r for s in specs for r in s.support + s.query],
                           persist=cfg.freeze_backbone, device=device, progress=progress)
-        batches = (dict(support=torch.stack([feats[r.path] for r in s.support]), query=torch.stack([feats[r.path] for r in s.query]),
-                        support_labels=torch.as_tensor(s.support_labels), query_labels=torch.as_tensor(s.query_labels),
-                        class_ids=torch.as_tensor(s.class_ids), index=s.index) for s in specs)
+        videos = list({r.path: r for s in specs for r in s.support + s.query}.values())    # the distinct videos
+        position = {r.path: i for i, r in enumerate(videos)}
+        table = torch.stack([feats[r.path] for r in videos]).to(device)                      # V×T×D
+        with amp:   # what depends on a video alone (temporal contexts, tokens as a support video), once per video
+            per_video = video_outputs(model, table, text[[r.label for r in videos]], chunk * len(specs[0].support + specs[0].query))
+        episodes = (dict(support=torch.as_tensor([position[r.path] for r in s.support]), query=torch.as_tensor([position[r.path] for r in s.query]),
+                         support_labels=torch.as_tensor(s.support_labels), query_labels=torch.as_tensor(s.query_labels),
+                         class_ids=torch.as_tensor(s.class_ids), index=s.index) for s in specs)
     if progress:
-        from tqdm.auto import tqdm; batches = tqdm(batches, total=n_episodes, desc=f'{split} episodes', leave=False)
-    amp = torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda' and cfg.amp else nullcontext()
-    index = None
-    where = lambda: f'{split} episode {index}'
+        from tqdm.auto import tqdm; episodes = tqdm(episodes, total=n_episodes, desc=f'{split} episodes', leave=False)
+    indices = []
+    where = lambda i=0: f'{split} episode {indices[i]}'
     with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []), finite_inputs_guard(model, where):
-        for ep in batches:
-            index = int(ep['index'])
-            torch.manual_seed(episode_seed(cfg.eval_seed, split, index))
-            text = model.class_text([names[i] for i in ep['class_ids'].tolist()])
+        for eps in chunks(episodes, chunk):
+            indices = [int(ep['index']) for ep in eps]
+            ep = {k: torch.stack([e[k] for e in eps]).to(device) for k in EPISODE_FIELDS}   # E episodes of one shape
+            kw = {}
+            if cache is not False:                     # rows of the distinct videos: gather their features and outputs
+                si, qi = ep['support'], ep['query']
+                ep['support'], ep['query'] = table[si], table[qi]
+                kw = dict(precomputed=dict(query_context={v: c[qi] for v, c in per_video['context'].items()},
+                                           support_tokens={v: z[si] for v, z in per_video['support_tokens'].items()}))
+            gens = [episode_generator(cfg.eval_seed, split, i, device) for i in indices]
             with amp:
-                out = model(ep['support'].to(device), ep['query'].to(device), ep['support_labels'].to(device), text)
-            if not bool(torch.isfinite(out['logits']).all()):
-                bad = nonfinite_parameters(model)
+                out = model(ep['support'], ep['query'], ep['support_labels'], text[ep['class_ids']], generator=gens, **kw)
+            bad = first_nonfinite(out['logits'])
+            if bad is not None:
+                params = nonfinite_parameters(model)
                 model.train(was)
-                raise NonFiniteError(f'non-finite logits at {where()} (of {n_episodes}): the score would be meaningless'
-                                     + (f'; the weights hold NaN/inf: {bad}' if bad else ''))
+                raise NonFiniteError(f'non-finite logits at {where(bad)} (of {n_episodes}): the score would be meaningless'
+                                     + (f'; the weights hold NaN/inf: {params}' if params else ''))
             pred = out['logits'].argmax(-1).cpu()
-            ok = (pred == ep['query_labels']).numpy()
-            accs.append(float(ok.mean()))
-            cls = ep['class_ids'][ep['query_labels']].numpy()
+            ok = (pred == ep['query_labels'].cpu()).numpy()                          # E×Q
+            for row in ok: accs.append(float(row.mean()))
+            cls = ep['class_ids'].gather(1, ep['query_labels']).cpu().numpy()        # split-level class of every query
             np.add.at(per_class, (cls, 0), ok.astype(np.int64)); np.add.at(per_class, (cls, 1), 1)
     model.train(was)
     mean, ci = mean_ci95(accs)

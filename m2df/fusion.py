@@ -86,22 +86,31 @@ class MultiModalFusionEncoder(nn.Module):
         return z
 
 # %% ../nbs/08_fusion.ipynb #d0ad2348
-def class_prototypes(x:torch.Tensor,       # per-video features (N*K)×... (any trailing shape)
-                     labels:torch.Tensor,  # episode labels (N*K,), values in 0..way-1
+def class_prototypes(x:torch.Tensor,       # per-video features (N*K)×... (any trailing shape); E×(N*K)×... for E episodes
+                     labels:torch.Tensor,  # episode labels (N*K,) in 0..way-1; (E, N*K) for E episodes
                      way:int               # number of classes N
-                    ) -> torch.Tensor:     # per-class means N×...
-    "Mean of `x` over the samples of each class 0..way-1 (every class needs at least one sample)."
+                    ) -> torch.Tensor:     # per-class means N×... (E×N×...)
+    "Mean of `x` over the samples of each class 0..way-1 (every class needs at least one sample), episode by episode."
     if not isinstance(way, int) or way < 1: raise ValueError(f'way must be a positive integer, got {way!r}')
     labels = torch.as_tensor(labels, device=x.device)
-    if labels.ndim != 1 or labels.shape[0] != x.shape[0]:
-        raise ValueError(f'labels must have shape ({x.shape[0]},) to match x {tuple(x.shape)}, got {tuple(labels.shape)}')
+    if labels.ndim not in (1, 2) or x.ndim < labels.ndim or tuple(labels.shape) != tuple(x.shape[:labels.ndim]):
+        raise ValueError(f'labels must have shape ({x.shape[0]},) to match x {tuple(x.shape)} (or (E, N·K) for x of E episodes), '
+                         f'got {tuple(labels.shape)}')
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise ValueError(f'labels must be integer class indices, got dtype {labels.dtype}')
     labels = labels.long()
     if labels.numel() and (labels.min() < 0 or labels.max() >= way):
         raise ValueError(f'labels must lie in 0..{way - 1} (way={way}), got values {labels.min().item()}..{labels.max().item()}')
-    counts = torch.bincount(labels, minlength=way)
+    batched = labels.ndim == 2
+    episodes = labels.shape[0] if batched else 1
+    if batched:   # class c of episode e is row e·way + c of one index_add over every episode's samples
+        labels = (labels + way * torch.arange(episodes, device=x.device).unsqueeze(1)).flatten()
+        x = x.flatten(0, 1)
+    counts = torch.bincount(labels, minlength=episodes * way)
     if (counts == 0).any():
-        raise ValueError(f'class(es) {(counts == 0).nonzero().flatten().tolist()} of 0..{way - 1} have no sample in labels')
-    sums = x.new_zeros((way,) + tuple(x.shape[1:])).index_add(0, labels, x)
-    return sums / counts.to(sums.dtype).view((way,) + (1,) * (x.ndim - 1))
+        e = int((counts == 0).nonzero()[0]) // way
+        empty = (counts[e * way:(e + 1) * way] == 0).nonzero().flatten().tolist()
+        raise ValueError((f'episode {e}: ' if batched else '') + f'class(es) {empty} of 0..{way - 1} have no sample in labels')
+    sums = x.new_zeros((episodes * way,) + tuple(x.shape[1:])).index_add(0, labels, x)
+    means = sums / counts.to(sums.dtype).view((episodes * way,) + (1,) * (x.ndim - 1))
+    return means.unflatten(0, (episodes, way)) if batched else means

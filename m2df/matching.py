@@ -18,36 +18,38 @@ def _work_dtype(x:Tensor) -> torch.dtype:
     "float64 for float64 inputs, float32 for everything else (half precision included)."
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
-def _check_sequences(x:Tensor, # features, expected (batch, time, dim)
+def _check_sequences(x:Tensor, # features, expected (batch, time, dim), or (episodes, batch, time, dim)
                      name:str, # the parameter's name, for the error message
                     ):
-    "Raise a ValueError naming `name` unless `x` is a 3-D floating tensor with non-empty time and feature axes."
+    "Raise a ValueError naming `name` unless `x` is a 3-D (4-D: with an episode axis) floating tensor with non-empty time and feature axes."
     if not isinstance(x, Tensor): raise TypeError(f'{name} must be a torch.Tensor, got {type(x).__name__}')
-    if x.dim() != 3: raise ValueError(f'{name} must be (batch, time, dim), got shape {tuple(x.shape)}')
+    if x.dim() not in (3, 4): raise ValueError(f'{name} must be (batch, time, dim) or (episodes, batch, time, dim), got shape {tuple(x.shape)}')
     if not x.is_floating_point(): raise ValueError(f'{name} must be a floating tensor, got {x.dtype}')
-    if x.shape[1] == 0 or x.shape[2] == 0: raise ValueError(f'{name} has an empty time or feature axis: {tuple(x.shape)}')
+    if x.shape[-2] == 0 or x.shape[-1] == 0: raise ValueError(f'{name} has an empty time or feature axis: {tuple(x.shape)}')
 
 def _check_pair(q:Tensor, s:Tensor):
-    "Both operands are sequences of the same feature width."
+    "Both operands are sequences of the same feature width, and of the same episodes when they have an episode axis."
     _check_sequences(q, 'q'); _check_sequences(s, 's')
     if q.shape[-1] != s.shape[-1]:
         raise ValueError(f'q and s must have the same feature width, got q {tuple(q.shape)} and s {tuple(s.shape)}')
+    if q.dim() != s.dim() or q.shape[:-3] != s.shape[:-3]:
+        raise ValueError(f'q and s must both have the same episode axis or neither, got q {tuple(q.shape)} and s {tuple(s.shape)}')
 
 # %% ../nbs/09_matching.ipynb #328320ef
-def frame_distances(q:Tensor, # query frame features, Q×Tq×D
-                    s:Tensor, # class (prototype) frame features, N×Ts×D
+def frame_distances(q:Tensor, # query frame features, Q×Tq×D (E×Q×Tq×D: E episodes at once)
+                    s:Tensor, # class (prototype) frame features, N×Ts×D (E×N×Ts×D)
                     eps:float=M2DFConfig.cos_eps, # ε of the cosine (0.01: the authors' cos_sim)
-                   ) -> Tensor: # Q×N×Tq×Ts cosine distances 1 − cos
+                   ) -> Tensor: # Q×N×Tq×Ts cosine distances 1 − cos (E×Q×N×Tq×Ts)
     "Cosine distance between every query frame and every class frame, for every (query, class) pair."
     _check_pair(q, s)
     dt = _work_dtype(q)
     with torch.autocast(q.device.type, enabled=False):
-        if eps:   # as the authors: one (Q·Tq)×(N·Ts) matrix of ⟨x, y⟩ / (‖x‖‖y‖ + ε)
-            sim = cosine_similarity(q.to(dt).flatten(0, 1), s.to(dt).flatten(0, 1), eps)
-            return 1 - sim.unflatten(0, q.shape[:2]).unflatten(-1, s.shape[:2]).permute(0, 2, 1, 3)
+        if eps:   # as the authors: one (Q·Tq)×(N·Ts) matrix of ⟨x, y⟩ / (‖x‖‖y‖ + ε) per episode
+            sim = cosine_similarity(q.to(dt).flatten(-3, -2), s.to(dt).flatten(-3, -2), eps)
+            return 1 - sim.unflatten(-2, q.shape[-3:-1]).unflatten(-1, s.shape[-3:-1]).transpose(-3, -2)
         qn = F.normalize(q.to(dt), dim=-1)
         sn = F.normalize(s.to(dt), dim=-1)
-        return 1 - torch.einsum('qid,njd->qnij', qn, sn)
+        return 1 - torch.einsum('...qid,...njd->...qnij', qn, sn)
 
 # %% ../nbs/09_matching.ipynb #04a09b6c
 OTAM_VARIANTS = ('paper', 'reference')   # the recurrence of Cao et al. | the OTAM_cum_dist of the authors' code
@@ -82,13 +84,13 @@ def otam_cumulative(dists:Tensor, # frame distances ...×Tq×Ts (any leading bat
         return -lam * h_end
 
 # %% ../nbs/09_matching.ipynb #5eeee504
-def otam_distance(q:Tensor, # query frame features, Q×Tq×D
-                  s:Tensor, # class (prototype) frame features, N×Ts×D
+def otam_distance(q:Tensor, # query frame features, Q×Tq×D (E×Q×Tq×D: E episodes at once)
+                  s:Tensor, # class (prototype) frame features, N×Ts×D (E×N×Ts×D)
                   lam:float=M2DFConfig.otam_lambda, # soft-min smoothing λ
                   bidirectional:bool=M2DFConfig.otam_bidirectional, # OTAM(q→c) + OTAM(c→q), else q→c only
                   variant:str='paper', # 'paper' (Cao et al.) or 'reference' (the authors' OTAM_cum_dist)
                   eps:float=M2DFConfig.cos_eps, # ε of the frame cosine (0.01: the authors' cos_sim)
-                 ) -> Tensor: # Q×N distances (float32, float64 for float64 inputs)
+                 ) -> Tensor: # Q×N distances (E×Q×N; float32, float64 for float64 inputs)
     "OTAM distance between every query and every class, batched over queries × classes."
     d = frame_distances(q, s, eps)
     if not bidirectional: return otam_cumulative(d, lam, variant)
@@ -97,22 +99,22 @@ def otam_distance(q:Tensor, # query frame features, Q×Tq×D
     return otam_cumulative(d, lam, variant) + otam_cumulative(dT, lam, variant)
 
 # %% ../nbs/09_matching.ipynb #adff6e54
-def mean_cosine_distance(q:Tensor, # query frame features, Q×Tq×D
-                         s:Tensor, # class (prototype) frame features, N×Ts×D
+def mean_cosine_distance(q:Tensor, # query frame features, Q×Tq×D (E×Q×Tq×D: E episodes at once)
+                         s:Tensor, # class (prototype) frame features, N×Ts×D (E×N×Ts×D)
                          eps:float=M2DFConfig.cos_eps, # ε of the cosine
-                        ) -> Tensor: # Q×N distances 1 − cos of the time-averaged features
+                        ) -> Tensor: # Q×N (E×Q×N) distances 1 − cos of the time-averaged features
     "Cosine distance between time-averaged features (ignores frame order)."
     _check_pair(q, s)
-    return frame_distances(q.mean(1, keepdim=True), s.mean(1, keepdim=True), eps)[..., 0, 0]
+    return frame_distances(q.mean(-2, keepdim=True), s.mean(-2, keepdim=True), eps)[..., 0, 0]
 
 # %% ../nbs/09_matching.ipynb #4f2490e4
-def fuse_views(distances:dict, # view name → Q×N distance
+def fuse_views(distances:dict, # view name → Q×N distance (E×Q×N: E episodes at once)
                scale:float=M2DFConfig.logit_scale, # σ, logits = −σ · Σ_v D^v
-              ) -> Tensor: # Q×N logits
+              ) -> Tensor: # Q×N (E×Q×N) logits
     "Logits from the sum of the views' distances."
     if not isinstance(distances, dict) or not distances:
         raise ValueError(f'distances must be a non-empty dict of view name -> (Q, N) tensor, got {distances!r}')
     shapes = {k: tuple(v.shape) for k, v in distances.items()}
-    if len(set(shapes.values())) != 1 or len(next(iter(shapes.values()))) != 2:
-        raise ValueError(f'distances must all be (Q, N) tensors of one shape, got {shapes}')
+    if len(set(shapes.values())) != 1 or len(next(iter(shapes.values()))) not in (2, 3):
+        raise ValueError(f'distances must all be (Q, N) or (E, Q, N) tensors of one shape, got {shapes}')
     return -scale * torch.stack(list(distances.values())).sum(0)

@@ -9,14 +9,15 @@ import torch, torch.nn as nn, torch.nn.functional as F
 
 from .config import M2DFConfig
 from .encoders import CLIPBackbone, ClassTextCache
-from .pps import ProbabilityPromptSelector, cosine_similarity, pps_scores
+from .pps import ProbabilityPromptSelector, class_rows, cosine_similarity, pps_scores
 from .temporal import LocalTemporalContext, GlobalTemporalContext
 from .fusion import MultiModalFusionEncoder, class_prototypes
 from .matching import otam_distance, mean_cosine_distance, fuse_views
 from .distill import mutual_distillation_loss
 
 # %% auto #0
-__all__ = ['M2DF', 'video_text_loss', 'text_filtered_frames', 'ReferenceVideoTextHead', 'reference_video_text_loss', 'm2df_loss']
+__all__ = ['M2DF', 'check_episodes', 'video_text_loss', 'text_filtered_frames', 'ReferenceVideoTextHead',
+           'reference_video_text_loss', 'm2df_loss']
 
 # %% ../nbs/11_model.ipynb #e0ad800d
 class M2DF(nn.Module):
@@ -52,47 +53,74 @@ class M2DF(nn.Module):
         "CLIP frame features B×T×D of B×T×3×H×W clips."
         return self.backbone.encode_frames(videos)
 
-    def prompts(self, fs, fq, support_labels, class_text):
-        "Prompt tokens of the support (their class's text) and of the queries (PPS), and the queries' π."
-        if not self.cfg.use_pps:
-            z = fs.new_zeros(len(fs) + len(fq), fs.shape[-1])
-            return z[:len(fs)], z[len(fs):], None
-        mode = self.cfg.pps_train_mode if self.training else self.cfg.pps_eval_mode
-        pq, pi = self.pps(fq, class_text, mode)
-        return class_text[support_labels].to(fs.dtype), pq.to(fs.dtype), pi
+    def support_prompts(self, own_text):
+        "Prompt tokens of support videos from the texts of their own classes (...×D): those texts, or zeros with PPS off."
+        return own_text if self.cfg.use_pps else torch.zeros_like(own_text)
 
-    def view(self, v, fs, fq, ps, pq, support_labels, way):
+    def prompts(self, fs, fq, support_labels, class_text, generator=None):
+        "Prompt tokens of the support (their class's text) and of the queries (PPS), and the queries' π."
+        ps = self.support_prompts(class_rows(class_text, support_labels).to(fs.dtype))
+        if not self.cfg.use_pps:
+            return ps, fq.new_zeros(fq.shape[:-2] + fq.shape[-1:]), None
+        mode = self.cfg.pps_train_mode if self.training else self.cfg.pps_eval_mode
+        pq, pi = self.pps(fq, class_text, mode, generator)
+        return ps, pq.to(fs.dtype), pi
+
+    def fused(self, v, f, p, context=None):
+        "Temporal context C^v and fused tokens Z^v = MMFE^v([P; C^v], [P; F]) of videos f (...×T×D) with prompts p (...×D)."
+        videos = f.flatten(0, -3)            # every video through one pass of each module
+        c = self.context[v](videos) if context is None else context.flatten(0, -3)
+        return c.unflatten(0, f.shape[:-2]), self.fusion[v](p.flatten(0, -2), c, videos).unflatten(0, f.shape[:-2])
+
+    def video_outputs(self, f, own_text) -> dict:
+        "The parts of the head that depend on a video alone, for videos f (V×T×D) of classes with texts own_text (V×D): per view, C^v and Z^v as a support video."
+        p = self.support_prompts(own_text.to(f.dtype))
+        out = {v: self.fused(v, f, p) for v in self.fusion}
+        return dict(context={v: c for v, (c, _) in out.items()}, support_tokens={v: z for v, (_, z) in out.items()})
+
+    def view(self, v, fs, fq, ps, pq, support_labels, way,
+             support_tokens=None,    # the support's fused tokens Z^v, when already computed (`video_outputs`)
+             query_context=None):    # the queries' temporal context C^v, when already computed (`video_outputs`)
         "Fused outputs of view `v`: query tokens Q×(1+T)×D and class prototypes N×(1+T)×D (the raw view has no token 0)."
         if v == 'raw':
             return fq, class_prototypes(fs, support_labels, way)
-        f = torch.cat([fs, fq]); p = torch.cat([ps, pq])
-        z = self.fusion[v](p, self.context[v](f), f)
-        return z[len(fs):], class_prototypes(z[:len(fs)], support_labels, way)
+        if support_tokens is None:           # the support and the queries of every episode in one pass
+            ns = fs.shape[-3]
+            _, z = self.fused(v, torch.cat([fs, fq], -3), torch.cat([ps, pq], -2))
+            zs, zq = z[..., :ns, :, :], z[..., ns:, :, :]
+        else:                                # a support video's tokens depend on it alone, a query's context too
+            zs, (_, zq) = support_tokens, self.fused(v, fq, pq, query_context)
+        return zq, class_prototypes(zs, support_labels, way)
 
     def match(self, zq, u):
-        "Distance Q×N between query frame tokens and prototype frame tokens."
+        "Distance Q×N (E×Q×N) between query frame tokens and prototype frame tokens."
         if self.cfg.matching == 'mean_cos': return mean_cosine_distance(zq, u, self.cfg.cos_eps)
         return otam_distance(zq, u, lam=self.cfg.otam_lambda, bidirectional=self.cfg.otam_bidirectional,
                              variant=self.cfg.otam_variant, eps=self.cfg.cos_eps)
 
-    def forward_features(self, fs: torch.Tensor,        # support frame features (N·K)×T×D
-                         fq: torch.Tensor,              # query frame features Q×T×D
-                         support_labels: torch.Tensor,  # (N·K,) in 0..N-1
-                         class_text: torch.Tensor) -> dict:  # N×D text embeddings of the episode's classes
+    def forward_features(self, fs: torch.Tensor,        # support frame features (N·K)×T×D; E×(N·K)×T×D for E episodes
+                         fq: torch.Tensor,              # query frame features Q×T×D (E×Q×T×D)
+                         support_labels: torch.Tensor,  # (N·K,) in 0..N-1 (E×N·K)
+                         class_text: torch.Tensor,      # N×D text embeddings of the episode's classes (E×N×D)
+                         generator=None,                # `sample` prompts: None (global RNG), a Generator, or one per episode
+                         precomputed=None) -> dict:     # dict(query_context={view: C^v of fq}, support_tokens={view: Z^v of fs}),
+                                                        #   gathered from `video_outputs` of the distinct videos
         "Everything after the backbone: logits, per-view distances, the distillation loss and the features plots need."
-        cfg, way = self.cfg, len(class_text)
-        if len(support_labels) != len(fs): raise ValueError(f'{len(fs)} support videos but {len(support_labels)} labels')
-        ps, pq, pi = self.prompts(fs, fq, support_labels, class_text)
+        cfg, way = self.cfg, class_text.shape[-2]
+        support_labels = torch.as_tensor(support_labels, device=fs.device)
+        check_episodes(fs, fq, support_labels, class_text)
+        ps, pq, pi = self.prompts(fs, fq, support_labels, class_text, generator)
         out = dict(dist={}, text={}, query_tokens={}, prototypes={}, pps_probs=pi,
                    support_frames=fs, query_frames=fq)
         for v in cfg.views:
-            zq, u = self.view(v, fs, fq, ps, pq, support_labels, way)
+            pre = {} if precomputed is None or v == 'raw' else {k: precomputed[k][v] for k in ('query_context', 'support_tokens')}
+            zq, u = self.view(v, fs, fq, ps, pq, support_labels, way, **pre)
             tokens = slice(None) if v == 'raw' else slice(1, None)
-            out['dist'][v] = self.match(zq[:, tokens], u[:, tokens])
+            out['dist'][v] = self.match(zq[..., tokens, :], u[..., tokens, :])
             out['query_tokens'][v], out['prototypes'][v] = zq, u
             if v != 'raw':
                 t = 0 if cfg.text_token == 'prompt' else 1
-                out['text'][v] = cosine_similarity(zq[:, t].float(), u[:, t].float(), cfg.cos_eps)
+                out['text'][v] = cosine_similarity(zq[..., t, :].float(), u[..., t, :].float(), cfg.cos_eps)
         out['logits'] = fuse_views(out['dist'], cfg.logit_scale)
         out['distill_loss'], out['distill_info'] = None, {}
         if cfg.distill:
@@ -105,14 +133,28 @@ class M2DF(nn.Module):
             out['vt_scale'] = self.vt_head.scale
         return out
 
-    def forward(self, support: torch.Tensor,       # (N·K)×T×3×H×W support clips, or their (N·K)×T×D features
-                query: torch.Tensor,               # Q×T×3×H×W query clips, or Q×T×D features
-                support_labels: torch.Tensor,      # (N·K,) episode labels of the support
-                class_text: torch.Tensor) -> dict: # N×D text embeddings of the episode's classes
+    def forward(self, support: torch.Tensor,       # (N·K)×T×3×H×W support clips, or their (N·K)×T×D features (E×(N·K)×T×D)
+                query: torch.Tensor,               # Q×T×3×H×W query clips, or Q×T×D features (E×Q×T×D)
+                support_labels: torch.Tensor,      # (N·K,) episode labels of the support (E×N·K)
+                class_text: torch.Tensor,          # N×D text embeddings of the episode's classes (E×N×D)
+                generator=None,                    # `sample` prompts: None (global RNG), a Generator, or one per episode
+                precomputed=None) -> dict:         # see `forward_features`
         "The model on an episode: one backbone pass over support and queries (skipped for cached features), then `forward_features`."
-        if support.dim() == 3: return self.forward_features(support, query, support_labels, class_text)
+        if support.dim() <= 4: return self.forward_features(support, query, support_labels, class_text, generator, precomputed)
         f = self.encode(torch.cat([support, query]))
-        return self.forward_features(f[:len(support)], f[len(support):], support_labels, class_text)
+        return self.forward_features(f[:len(support)], f[len(support):], support_labels, class_text, generator, precomputed)
+
+def check_episodes(fs: torch.Tensor, fq: torch.Tensor, support_labels: torch.Tensor, class_text: torch.Tensor):
+    "Raise a ValueError unless the head's inputs are one episode, or E episodes of one shape, that agree with each other."
+    shapes = f'support {tuple(fs.shape)}, query {tuple(fq.shape)}, support_labels {tuple(support_labels.shape)}, class_text {tuple(class_text.shape)}'
+    if fs.dim() not in (3, 4) or fq.dim() != fs.dim() or support_labels.dim() != fs.dim() - 2 or class_text.dim() != fs.dim() - 1:
+        raise ValueError(f'one episode is (N·K)×T×D support, Q×T×D query, (N·K,) labels, N×D class_text; E episodes add a leading E; got {shapes}')
+    lead = {tuple(x.shape[:fs.dim() - 3]) for x in (fs, fq)} | {tuple(support_labels.shape[:-1]), tuple(class_text.shape[:-2])}
+    if len(lead) != 1: raise ValueError(f'the inputs hold different numbers of episodes: {shapes}')
+    if support_labels.shape[-1] != fs.shape[-3]:
+        raise ValueError(f'{fs.shape[-3]} support videos but {support_labels.shape[-1]} labels ({shapes})')
+    if fq.shape[-2:] != fs.shape[-2:] or class_text.shape[-1] != fs.shape[-1]:
+        raise ValueError(f'support, query and class_text must share T and D: {shapes}')
 
 # %% ../nbs/11_model.ipynb #a220b835
 def video_text_loss(out: dict, support_labels, query_labels, class_text, scale: float = 100.):
@@ -122,15 +164,15 @@ def video_text_loss(out: dict, support_labels, query_labels, class_text, scale: 
     logits = scale * F.normalize(f, dim=-1) @ F.normalize(class_text.float(), dim=-1).T
     return F.cross_entropy(logits, y, reduction='sum')
 
-def text_filtered_frames(frames: torch.Tensor,  # B×T×D frame features
-                         text: torch.Tensor,    # B×D one text embedding per video
+def text_filtered_frames(frames: torch.Tensor,  # B×T×D frame features (E×B×T×D: E episodes at once)
+                         text: torch.Tensor,    # B×D one text embedding per video (E×B×D)
                          topk: int,             # k frames kept (clipped to T)
                          eps: float = 0.,       # ε of the cosine
-                        ) -> torch.Tensor:      # B×k×D
+                        ) -> torch.Tensor:      # B×k×D (E×B×k×D)
     "The k frames of each video most similar to its text, in time order."
-    sim = cosine_similarity(text.unsqueeze(1), frames, eps).squeeze(1)            # B×T
+    sim = cosine_similarity(text.unsqueeze(-2), frames, eps).squeeze(-2)          # (E×)B×T
     idx = sim.topk(min(topk, sim.shape[-1]), dim=-1).indices.sort(-1).values
-    return frames.gather(1, idx.unsqueeze(-1).expand(-1, -1, frames.shape[-1]))
+    return frames.gather(-2, idx.unsqueeze(-1).expand(*idx.shape, frames.shape[-1]))
 
 class ReferenceVideoTextHead(nn.Module):
     "The authors' auxiliary video-text head: mean of text-filtered frames, cos_ε against all split classes, learnable scale."
@@ -141,12 +183,12 @@ class ReferenceVideoTextHead(nn.Module):
         self.scale = nn.Parameter(torch.ones(1))           # as the authors: a 1-element parameter filled with 1
 
     def features(self, fs, fq, support_labels, class_text) -> torch.Tensor:
-        "Mean filtered frame feature of every support video, then every query, (N·K+Q)×D."
+        "Mean filtered frame feature of every support video, then every query, (N·K+Q)×D (E×(N·K+Q)×D for E episodes)."
         e = class_text.to(fs.dtype)
-        s = text_filtered_frames(fs, e[support_labels], self.topk, self.eps)
+        s = text_filtered_frames(fs, class_rows(e, support_labels), self.topk, self.eps)
         best = pps_scores(fq, class_text, self.topk, self.eps).argmax(-1)          # a query's most likely class
-        q = text_filtered_frames(fq, e[best], self.topk, self.eps)
-        return torch.cat([s, q]).mean(1)
+        q = text_filtered_frames(fq, class_rows(e, best), self.topk, self.eps)
+        return torch.cat([s, q], -3).mean(-2)
 
 def reference_video_text_loss(out: dict, support_labels, query_labels, split_text, class_ids, eps: float) -> torch.Tensor:
     "The authors' auxiliary loss: CE (summed) of every video's filtered feature against all split classes."

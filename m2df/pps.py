@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from .config import M2DFConfig, PPS_MODES
 
 # %% auto #0
-__all__ = ['cosine_similarity', 'pps_scores', 'ProbabilityPromptSelector', 'support_prompts', 'zero_prompts']
+__all__ = ['cosine_similarity', 'pps_scores', 'class_rows', 'ProbabilityPromptSelector', 'support_prompts', 'zero_prompts']
 
 # %% ../nbs/06_pps.ipynb #cefb9af8
 def cosine_similarity(x:torch.Tensor,   # ...×n×D
@@ -25,32 +25,50 @@ def cosine_similarity(x:torch.Tensor,   # ...×n×D
     return (x @ y.transpose(-1, -2)) / den
 
 def _check_inputs(frames:torch.Tensor, class_text:torch.Tensor):
-    "Raise a ValueError unless frames is Q×T×D and class_text N×D with the same D."
-    if frames.ndim != 3 or frames.shape[1] < 1:
-        raise ValueError(f'frames must be Q×T×D query frame features, got shape {tuple(frames.shape)}')
-    if class_text.ndim != 2 or class_text.shape[0] < 1:
-        raise ValueError(f'class_text must be N×D class-prompt embeddings, got shape {tuple(class_text.shape)}')
+    "Raise a ValueError unless frames is Q×T×D and class_text N×D (E×Q×T×D and E×N×D for E episodes) with the same D."
+    if frames.ndim not in (3, 4) or frames.shape[-2] < 1:
+        raise ValueError(f'frames must be Q×T×D query frame features (E×Q×T×D for E episodes), got shape {tuple(frames.shape)}')
+    if class_text.ndim != frames.ndim - 1 or class_text.shape[-2] < 1:
+        raise ValueError(f'class_text must be N×D class-prompt embeddings (E×N×D with E×Q×T×D frames), got shape '
+                         f'{tuple(class_text.shape)} with frames {tuple(frames.shape)}')
+    if frames.ndim == 4 and frames.shape[0] != class_text.shape[0]:
+        raise ValueError(f'frames hold {frames.shape[0]} episodes but class_text {class_text.shape[0]}')
     if frames.shape[-1] != class_text.shape[-1]:
         raise ValueError(f'frames have width D={frames.shape[-1]} but class_text has D={class_text.shape[-1]}')
 
-def pps_scores(frames:torch.Tensor,     # query frame features Q×T×D
-               class_text:torch.Tensor, # class-prompt embeddings E_c, N×D
+def pps_scores(frames:torch.Tensor,     # query frame features Q×T×D (E×Q×T×D: E episodes at once)
+               class_text:torch.Tensor, # class-prompt embeddings E_c, N×D (E×N×D)
                topk:int=M2DFConfig.pps_topk, # k, frames averaged per class (clipped to T)
                eps:float=M2DFConfig.cos_eps, # ε of the cosine (0.01: the authors' cos_sim)
-              ) -> torch.Tensor:        # scores s, Q×N
+              ) -> torch.Tensor:        # scores s, Q×N (E×Q×N)
     "Mean of the top-k frame-to-text cosine similarities of every query and class, Q×N (float32)."
     _check_inputs(frames, class_text)
     if topk < 1: raise ValueError(f'topk (config field pps_topk) must be >= 1, got {topk}')
     with torch.autocast(frames.device.type, enabled=False):
+        e = class_text.to(frames.device).float()
         if eps:
-            sim = cosine_similarity(class_text.to(frames.device).float(), frames.float(), eps)  # Q×N×T
+            sim = cosine_similarity(e.unsqueeze(-3), frames.float(), eps)   # (E×)Q×N×T
         else:
             f = F.normalize(frames.float(), dim=-1)
-            e = F.normalize(class_text.to(frames.device).float(), dim=-1)
-            sim = torch.einsum('qtd,nd->qnt', f, e)                     # Q×N×T cosines
+            sim = torch.einsum('...qtd,...nd->...qnt', f, F.normalize(e, dim=-1))   # (E×)Q×N×T cosines
         return sim.topk(min(topk, sim.shape[-1]), dim=-1).values.mean(-1)
 
 # %% ../nbs/06_pps.ipynb #056d057a
+def _multinomial(p:torch.Tensor, generator:Optional[torch.Generator]) -> torch.Tensor: # B×N probabilities -> B draws
+    "One draw per row of p, on the generator's device."
+    dev = p.device
+    if generator is not None and generator.device != dev: p = p.to(generator.device)
+    return torch.multinomial(p, 1, generator=generator).squeeze(1).to(dev)
+
+def class_rows(class_text:torch.Tensor,  # class embeddings N×D, or E×N×D for E episodes
+               idx:torch.Tensor,         # class indices (any count) per episode: M, or E×M
+              ) -> torch.Tensor:         # M×D (E×M×D): row idx of each episode's class embeddings
+    "The class embeddings of the given classes, episode by episode (`class_text[idx]` for one episode)."
+    idx = torch.as_tensor(idx, dtype=torch.long, device=class_text.device)
+    if idx.ndim != class_text.ndim - 1:
+        raise ValueError(f'class indices of shape {tuple(idx.shape)} do not match class embeddings of shape {tuple(class_text.shape)}')
+    return class_text.gather(-2, idx.unsqueeze(-1).expand(*idx.shape, class_text.shape[-1]))
+
 class ProbabilityPromptSelector(nn.Module):
     "Probability Prompt Selector: query prompts from the class probabilities of the query's frames (no parameters)."
     def __init__(self, topk:int=M2DFConfig.pps_topk,   # k, frames averaged per class (clipped to T)
@@ -65,23 +83,27 @@ class ProbabilityPromptSelector(nn.Module):
     def extra_repr(self) -> str: return f'topk={self.topk}, tau={self.tau}' + (f', eps={self.eps}' if self.eps else '')
 
     def probs(self, frames:torch.Tensor, class_text:torch.Tensor) -> torch.Tensor:
-        "Class probabilities π, Q×N (float32)."
+        "Class probabilities π, Q×N (E×Q×N for E episodes; float32)."
         with torch.autocast(frames.device.type, enabled=False):
             return torch.softmax(self.tau * pps_scores(frames, class_text, self.topk, self.eps), dim=-1)
 
-    def draw(self, pi:torch.Tensor,                       # class probabilities Q×N
-             generator:Optional[torch.Generator]=None,    # RNG (None: the global torch RNG)
-            ) -> torch.Tensor:                            # Q class indices
+    def draw(self, pi:torch.Tensor,        # class probabilities Q×N, or E×Q×N for E episodes
+             generator=None,               # RNG: None (the global torch RNG), a torch.Generator, or one per episode
+            ) -> torch.Tensor:             # class indices Q (E×Q)
         "The classes of `sample` mode, one draw from π per query (override to replay given draws)."
         p = pi.detach()
-        if generator is not None and generator.device != p.device: p = p.to(generator.device)
-        return torch.multinomial(p, 1, generator=generator).squeeze(1).to(pi.device)
+        if generator is None or isinstance(generator, torch.Generator):
+            return _multinomial(p.reshape(-1, p.shape[-1]), generator).view(p.shape[:-1])
+        gens = list(generator)
+        if p.ndim != 3 or len(gens) != len(p):
+            raise ValueError(f'one generator per episode: got {len(gens)} generators for π of shape {tuple(p.shape)} (E×Q×N)')
+        return torch.stack([_multinomial(pe, g) for pe, g in zip(p, gens)])
 
-    def forward(self, frames:torch.Tensor,        # query frame features Q×T×D
-                class_text:torch.Tensor,          # class-prompt embeddings E_c of the episode's N classes, N×D
+    def forward(self, frames:torch.Tensor,        # query frame features Q×T×D (E×Q×T×D: E episodes at once)
+                class_text:torch.Tensor,          # class-prompt embeddings E_c of the episode's N classes, N×D (E×N×D)
                 mode:str='expectation',           # expectation | sample | argmax
-                generator:Optional[torch.Generator]=None, # RNG for `sample` (None: the global torch RNG)
-               ) -> tuple:                        # (prompts Q×D float32, probabilities π Q×N float32)
+                generator=None,                   # RNG for `sample`: None (global RNG), a Generator, or one per episode
+               ) -> tuple:                        # (prompts Q×D float32, probabilities π Q×N float32), E× leading
         "Prompts of the queries and their class probabilities."
         if mode not in PPS_MODES: raise ValueError(f'PPS mode {mode!r} (config pps_train_mode/pps_eval_mode): choose from {PPS_MODES}')
         pi = self.probs(frames, class_text)
@@ -89,17 +111,19 @@ class ProbabilityPromptSelector(nn.Module):
         with torch.autocast(frames.device.type, enabled=False):
             if mode == 'expectation': return pi @ e, pi
         c = pi.argmax(-1) if mode == 'argmax' else self.draw(pi, generator)
-        return e[c], pi
+        return class_rows(e, c), pi
 
 # %% ../nbs/06_pps.ipynb #a8940887
-def support_prompts(class_text:torch.Tensor,      # class-prompt embeddings E_c of the episode's N classes, N×D
-                    support_labels:torch.Tensor,  # episode labels y_i (0..N-1) of the support videos
-                   ) -> torch.Tensor:             # prompts P_i = E_{y_i}, (N·K)×D
+def support_prompts(class_text:torch.Tensor,      # class-prompt embeddings E_c of the episode's N classes, N×D (E×N×D)
+                    support_labels:torch.Tensor,  # episode labels y_i (0..N-1) of the support videos, N·K (E×N·K)
+                   ) -> torch.Tensor:             # prompts P_i = E_{y_i}, (N·K)×D (E×(N·K)×D)
     "Prompt of every support video: its own class's text embedding."
-    labels = torch.as_tensor(support_labels, dtype=torch.long, device=class_text.device).reshape(-1)
-    if len(labels) and not (0 <= int(labels.min()) and int(labels.max()) < len(class_text)):
-        raise IndexError(f'support labels must lie in 0..{len(class_text) - 1}, got {sorted(set(labels.tolist()))}')
-    return class_text[labels]
+    labels = torch.as_tensor(support_labels, dtype=torch.long, device=class_text.device)
+    if class_text.ndim == 2: labels = labels.reshape(-1)
+    n = class_text.shape[-2]
+    if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < n):
+        raise IndexError(f'support labels must lie in 0..{n - 1}, got {sorted(set(labels.flatten().tolist()))}')
+    return class_rows(class_text, labels)
 
 def zero_prompts(n:int,              # number of videos
                  like:torch.Tensor,  # a tensor whose last dimension is D (its dtype and device are used)

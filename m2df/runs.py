@@ -213,7 +213,7 @@ def nonfinite_tensors(sd: dict) -> list:
     return [k for k, v in sd.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 # %% ../nbs/12_runs.ipynb #073295c9
-RESUME_MAY_CHANGE = ('data_root', 'splits_dir', 'num_workers', 'device')   # where data and computation are, not what is computed
+RESUME_MAY_CHANGE = ('data_root', 'splits_dir', 'num_workers', 'device', 'eval_chunk')   # where and how data are computed, not what
 
 class ResumeConfigError(ConfigError):
     "A run folder asked to resume with settings other than those its earlier steps were made with."

@@ -8,7 +8,7 @@ import torch
 
 import m2df.evaluate as E
 from m2df.config import make_config
-from m2df.episodes import episode_loader
+from m2df.episodes import benchmark_split, episode_loader
 from m2df.evaluate import FeatureCache, episodes_of, evaluate, feature_key, mean_ci95, weights_digest
 from m2df.learner import Learner
 from m2df.model import M2DF
@@ -162,16 +162,139 @@ def test_nan_weights_are_an_error_naming_split_and_episode(cfg, pps_eval_mode):
 
 def test_sampled_prompts_do_not_depend_on_the_random_state(cfg):
     "With prompts sampled in evaluation, the score is a function of the model and the episodes, not of what ran before."
-    c = cfg.replace(pps_eval_mode='sample', logit_scale=50.)
+    c = cfg.replace(pps_eval_mode='sample', logit_scale=50., pps_tau=2.)   # a flat π: the draws vary
     torch.manual_seed(0)
     model, shared = M2DF(c).eval(), FeatureCache()
     draws = []
     model.pps.register_forward_hook(lambda mod, args, out: draws.append(out[0].detach().clone()))   # the query prompts
     torch.manual_seed(1); a = evaluate(model, c, 'val', n_episodes=8, cache=shared)
-    first, draws[:] = list(draws), []
-    torch.manual_seed(2); torch.rand(5); b = evaluate(model, c, 'val', n_episodes=8, cache=shared)
+    first, draws[:] = torch.cat(draws), []                 # E×Q×D per call: 8 episodes' query prompts
+    torch.manual_seed(2); torch.rand(5); b = evaluate(model, c, 'val', n_episodes=8, cache=shared, chunk=3)
     assert a['episode_accuracy'] == b['episode_accuracy']
-    assert len(first) == 8 and all(torch.equal(x, y) for x, y in zip(first, draws)), 'the sampled prompts differ'
+    assert len(first) == 8 and torch.equal(first, torch.cat(draws)), 'the sampled prompts differ'
+    assert len({tuple(p.flatten().tolist()) for p in first.flatten(0, 1)}) > 1, 'every draw is the same class: the test would mean little'
     state = torch.get_rng_state()
     evaluate(model, c, 'val', n_episodes=2, cache=shared)
     assert torch.equal(state, torch.get_rng_state()), 'evaluation must leave the training random state alone'
+
+
+# --- many episodes at once: the batched head scores every episode as it scores it alone
+
+BATCH_PRESETS = {'paper': ('paper', {}), 'reference': ('reference', {}), 'clipfsar': ('clipfsar', {}),
+                 'mean_cos': ('paper', dict(matching='mean_cos')), 'no_pps': ('no_pps', {})}
+
+
+def preset_cfg(name, **kw):
+    "The tiny synthetic config under one of the presets above (`mean_cos`: `paper` with mean-cosine matching)."
+    preset, over = BATCH_PRESETS[name]
+    return make_config('synthetic', preset, **{**TINY, **over, **kw})
+
+
+def random_feature_cache(model, cfg, split, seed=0, noise=4.):
+    "A feature cache that holds, for every video of `split`, its class's random T×D sequence plus Gaussian noise."
+    sp = benchmark_split(cfg, split)
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(len(sp.classes), cfg.frames, model.dim, generator=g)
+    cache = FeatureCache()
+    cache.mem[feature_key(model, cfg, split)] = {r.path: centres[r.label] + noise * torch.randn(cfg.frames, model.dim, generator=g)
+                                                 for r in sp.videos}
+    return cache
+
+
+def stacked_episodes(model, cfg, split, cache, n):
+    "The head's inputs of the first `n` fixed episodes of `split`, stacked: E×NK×T×D, E×Q×T×D, E×NK labels, E×N×D texts."
+    sp, specs = episodes_of(cfg, split, n)
+    feats = cache.get(model, cfg, split, [r for s in specs for r in s.support + s.query])
+    text = model.class_text(sp.class_names)
+    return (torch.stack([torch.stack([feats[r.path] for r in s.support]) for s in specs]),
+            torch.stack([torch.stack([feats[r.path] for r in s.query]) for s in specs]),
+            torch.stack([torch.as_tensor(s.support_labels) for s in specs]),
+            torch.stack([text[torch.as_tensor(s.class_ids)] for s in specs]), specs)
+
+
+@pytest.mark.parametrize('name', BATCH_PRESETS)
+def test_batched_head_gives_each_episode_its_own_outputs(name):
+    "forward_features on E stacked episodes = forward_features on each alone: logits, distances, π, text logits, prototypes, MVMD."
+    cfg = preset_cfg(name, pps_tau=2.)                 # a flat π: sampled prompts (reference) really vary
+    torch.manual_seed(0)
+    model = M2DF(cfg).eval()
+    fs, fq, ys, text, specs = stacked_episodes(model, cfg, 'val', random_feature_cache(model, cfg, 'val'), 6)
+    gens = lambda: [E.episode_generator(cfg.eval_seed, 'val', s.index) for s in specs]
+    with torch.no_grad():
+        many = model.forward_features(fs, fq, ys, text, generator=gens())
+        alone = [model.forward_features(fs[i], fq[i], ys[i], text[i], generator=g) for i, g in enumerate(gens())]
+    close = lambda a, b, what: torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=lambda m: f'{name}, {what}: {m}')
+    close(many['logits'], torch.stack([o['logits'] for o in alone]), 'logits')
+    for v in cfg.views:
+        close(many['dist'][v], torch.stack([o['dist'][v] for o in alone]), f'{v} distances')
+        close(many['prototypes'][v], torch.stack([o['prototypes'][v] for o in alone]), f'{v} prototypes')
+        if v != 'raw': close(many['text'][v], torch.stack([o['text'][v] for o in alone]), f'{v} text logits')
+    if cfg.use_pps: close(many['pps_probs'], torch.stack([o['pps_probs'] for o in alone]), 'PPS probabilities')
+    if cfg.distill: close(many['distill_loss'], torch.stack([o['distill_loss'] for o in alone]), 'distillation loss')
+    # what depends on a video alone (contexts; tokens of a support video, whose prompt is its own class's text), computed
+    # per video as evaluation does for the distinct videos, then gathered: the same outputs
+    own = text.gather(1, ys.unsqueeze(-1).expand(-1, -1, text.shape[-1]))
+    with torch.no_grad():
+        sup, qry = model.video_outputs(fs.flatten(0, 1), own.flatten(0, 1)), model.video_outputs(fq.flatten(0, 1), fq[:, :, 0].flatten(0, 1))
+        pre = dict(query_context={v: c.unflatten(0, fq.shape[:2]) for v, c in qry['context'].items()},
+                   support_tokens={v: z.unflatten(0, fs.shape[:2]) for v, z in sup['support_tokens'].items()})
+        via = model.forward_features(fs, fq, ys, text, generator=gens(), precomputed=pre)
+    close(via['logits'], many['logits'], 'logits from per-video outputs')
+    preds = many['logits'].argmax(-1)
+    assert len({tuple(p.tolist()) for p in preds}) > 1, 'every episode predicts the same: the comparison would mean little'
+
+
+@pytest.mark.parametrize('name', BATCH_PRESETS)
+def test_batched_evaluation_scores_every_episode_as_one_at_a_time(name):
+    "evaluate in chunks of episodes (5, a last chunk of 2) = one episode at a time, episode by episode, on random features."
+    cfg = preset_cfg(name, pps_tau=2.)
+    torch.manual_seed(0)
+    model = M2DF(cfg).eval()
+    cache = random_feature_cache(model, cfg, 'val')
+    one = evaluate(model, cfg, 'val', n_episodes=12, cache=cache, chunk=1)
+    many = evaluate(model, cfg, 'val', n_episodes=12, cache=cache, chunk=5)
+    assert many['episode_accuracy'] == one['episode_accuracy'] and many['per_class'] == one['per_class']
+    fs, fq, ys, text, specs = stacked_episodes(model, cfg, 'val', cache, 12)       # the plain head, episode by episode
+    with torch.no_grad():
+        plain = [int((model.forward_features(fs[i], fq[i], ys[i], text[i], generator=E.episode_generator(cfg.eval_seed, 'val', s.index))
+                      ['logits'].argmax(-1) == torch.as_tensor(s.query_labels)).sum()) / len(s.query) for i, s in enumerate(specs)]
+    assert many['episode_accuracy'] == plain
+    assert len(set(one['episode_accuracy'])) > 1, 'every episode scores the same: the comparison would mean little'
+
+
+@pytest.mark.parametrize('name', BATCH_PRESETS)
+def test_batched_evaluation_on_the_synthetic_benchmark(name):
+    "On the decoded synthetic videos: the default chunk, one at a time, and decoding every episode agree episode by episode."
+    cfg = preset_cfg(name)
+    torch.manual_seed(0)
+    model = M2DF(cfg).eval()
+    cache = FeatureCache()
+    batched = evaluate(model, cfg, 'val', n_episodes=6, cache=cache)
+    assert cfg.eval_chunk >= 6                                  # one call of the head for the six
+    assert evaluate(model, cfg, 'val', n_episodes=6, cache=cache, chunk=1)['episode_accuracy'] == batched['episode_accuracy']
+    assert evaluate(model, cfg, 'val', n_episodes=6, cache=False)['episode_accuracy'] == batched['episode_accuracy']
+
+
+@pytest.mark.parametrize('where', ['support', 'query'])
+def test_nonfinite_features_name_their_episode_within_a_chunk(cfg, where):
+    "A NaN video first seen in episode j > 0 of a chunk: the error names episode j (logits for a support video, PPS guard for a query)."
+    torch.manual_seed(0)
+    model = M2DF(cfg).eval()
+    _, specs = episodes_of(cfg, 'val', 8)
+    queries = {r.path for s in specs for r in s.query}
+    seen = set()                                     # the videos of the episodes before
+    for s in specs:
+        new = [r.path for r in getattr(s, where) if r.path not in seen and (where == 'query' or r.path not in queries)]
+        if s.index > 0 and new: j, path = s.index, new[0]; break
+        seen |= {r.path for r in s.support + s.query}
+    cache = random_feature_cache(model, cfg, 'val')
+    cache.mem[feature_key(model, cfg, 'val')][path] = torch.full((cfg.frames, model.dim), float('nan'))
+    what = 'logits' if where == 'support' else 'query frame features'
+    for chunk in (1, 8):
+        with pytest.raises(FloatingPointError, match=f'non-finite {what} at val episode {j}\\b'):
+            evaluate(model, cfg, 'val', n_episodes=8, cache=cache, chunk=chunk)
+
+
+def test_chunk_must_be_positive(model, cfg, shared):
+    with pytest.raises(ValueError, match='eval_chunk'): evaluate(model, cfg, 'val', n_episodes=2, cache=shared, chunk=0)
+    with pytest.raises(ValueError, match="'eval_chunk'"): cfg.replace(eval_chunk=0)

@@ -186,7 +186,7 @@ def test_fuse_views():
     (lambda: fuse_views({}), 'non-empty'),
     (lambda: fuse_views([torch.rand(2, 3)]), 'dict'),
     (lambda: fuse_views({'local': torch.rand(2, 3), 'global': torch.rand(3, 2)}), 'one shape'),
-    (lambda: fuse_views({'local': torch.rand(2, 3, 1)}), '(Q, N)'),
+    (lambda: fuse_views({'local': torch.rand(2, 3, 1, 1)}), '(Q, N)'),
 ])
 def test_bad_input_names_the_parameter(call, match):
     with pytest.raises(ValueError, match=match.replace('(', r'\(').replace(')', r'\)')):

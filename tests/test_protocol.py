@@ -557,10 +557,10 @@ def test_best_validation_checkpoint_is_kept_and_tested(tmp_path, monkeypatch):
 class Oracle(M2DF):
     "The tiny model with rigged logits: +1 (or −1 with sign −1) for each query's true class, known from the class-major order."
     sign = 1.
-    def forward(self, support, query, support_labels, class_text):
-        way = len(class_text)
-        y = torch.arange(way).repeat_interleave(len(query) // way)
-        return dict(logits=self.sign * F.one_hot(y, way).float())
+    def forward(self, support, query, support_labels, class_text, **kw):
+        way, n = class_text.shape[-2], query.shape[-3]            # one episode, or E of them stacked (evaluation)
+        y = torch.arange(way).repeat_interleave(n // way)
+        return dict(logits=self.sign * F.one_hot(y, way).float().expand(*query.shape[:-3], n, way))
 
 
 def test_evaluation_scores_the_argmax_class():
