@@ -61,7 +61,7 @@ def encode_videos(model, records, cfg: M2DFConfig, batch_size: int = 16, device=
     it = dl
     if progress:
         from tqdm.auto import tqdm; it = tqdm(dl, desc='encoding videos', leave=False)
-    amp = torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda' and cfg.amp else nullcontext()
+    amp = torch.autocast('cuda', dtype=getattr(torch, cfg.amp_dtype)) if device.type == 'cuda' and cfg.amp else nullcontext()
     for x, paths in it:
         with amp: f = model.encode(x.to(device, non_blocking=True)).float().cpu()
         feats.update(zip(paths, f))
@@ -163,7 +163,7 @@ def evaluate(model, cfg: M2DFConfig,
     names = sp.class_names
     was = model.training; model.eval()
     accs, per_class = [], np.zeros((len(sp.classes), 2), dtype=np.int64)
-    amp = torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda' and cfg.amp else nullcontext()
+    amp = torch.autocast('cuda', dtype=getattr(torch, cfg.amp_dtype)) if device.type == 'cuda' and cfg.amp else nullcontext()
     text = model.class_text(names)                     # every class of the split, once; an episode indexes its N rows
     if cache is False:                                 # decode and encode every episode
         def encoded(ep):
