@@ -283,3 +283,23 @@ def test_wheel_ships_the_data_file(tmp_path):
     (whl,) = tmp_path.glob('m2df-*.whl')
     names = zipfile.ZipFile(whl).namelist()
     assert 'm2df/data/published.csv' in names and 'm2df/artifacts.py' in names
+
+def test_module_notebooks_stand_alone_and_show_their_figures():
+    "Module notebooks are committed with their outputs: ten figures at least, each small, no machine path, no outside file."
+    import json, re
+    figures, heavy, leaks = 0, [], []
+    for p in sorted((REPO / 'nbs').glob('[0-2][0-9]_*.ipynb')):
+        nb = json.loads(p.read_text())
+        for i, cell in enumerate(nb['cells']):
+            text = ''.join(cell['source'])
+            if 'shared/' in text or 'DESIGN' in text: leaks.append(f'{p.name} cell {i}: source')
+            for out in cell.get('outputs', []):
+                data = out.get('data', {})
+                img = data.get('image/png') or data.get('image/jpeg')
+                if img: figures += 1
+                if img and len(img) > 400_000: heavy.append(f'{p.name} cell {i}: {len(img) // 1000} kB')
+                s = json.dumps(out)
+                if re.search(r'/work/|\.venv/|shared/|DESIGN|site-packages', s): leaks.append(f'{p.name} cell {i}: output')
+    assert figures >= 10, f'only {figures} figures in the module notebooks: run them and commit their outputs'
+    assert not heavy, f'figures over 400 kB: {heavy}'
+    assert not leaks, f'references outside the repository: {leaks}'
