@@ -244,6 +244,12 @@ BREAKS = [
     B('grad_clip_ignored', 'learner.py', '        if cfg.grad_clip:\n', '        if False:\n',
       'grad_clip ignored', ('accumulation',), LEARN),
 
+    # ---- resumption
+    B('resume_rank0_digest', 'learner.py', "self.episode_digest = (s.get('episode_digests') or [''] * self.world)[self.rank]",
+      "self.episode_digest = (s.get('episode_digests') or [''] * self.world)[0]",
+      'a resumed rank continues rank 0\'s episode stream record instead of its own', ('resumption',),
+      ('tests/test_distributed.py',)),
+
     # ---- evaluation
     B('ci_without_sqrt_n', 'evaluate.py', '1.96 * v.std() / math.sqrt(v.size)', '1.96 * v.std()',
       'the 95% CI is not divided by √n', ('evaluation',), EVAL),

@@ -60,3 +60,30 @@ def test_torchrun_two_ranks_on_cpu(tmp_path):
     assert state['episode_digests'] == d and 'optimizer' in state
     assert 'optimizer' not in load_checkpoint(run / 'checkpoints' / 'best.pt')
     assert json.loads((run / 'test.json').read_text())['episodes'] == 2
+
+
+def test_torchrun_run_killed_and_resumed_ends_where_the_uninterrupted_one_ends(tmp_path):
+    "Two ranks killed at step 3 (after the checkpoint of step 2), then the same command: every record equals the straight run's."
+    kw = dict(TINY, save_every=4, val_every=4)                        # checkpoints and validations after steps 2 and 4
+    env = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1', PYTHONUNBUFFERED='1')
+    cmd = lambda run: [*torchrun(), '--standalone', '--nproc_per_node', '2', '-m', 'm2df.learner',
+                       *[f'{k}={v}' for k, v in kw.items()], f'run_dir={run}']
+    straight, killed = tmp_path / 'straight', tmp_path / 'killed'
+    p = subprocess.run(cmd(straight), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-4000:]
+    p = subprocess.run(cmd(killed), cwd=tmp_path, env=dict(env, M2DF_KILL_AT='step:3'), capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0 and not (killed / 'result.json').exists(), 'the ranks were not killed'
+    assert load_checkpoint(killed / 'checkpoints' / 'last.pt')['step'] == 2
+    p = subprocess.run(cmd(killed), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-4000:]
+
+    untimed = lambda run: [{k: v for k, v in r.items() if k != 'seconds'} for r in csv.DictReader(open(run / 'metrics.csv', newline=''))]
+    assert untimed(killed) == untimed(straight), 'losses, accuracies or running accuracy differ'
+    assert (killed / 'val.jsonl').read_text() == (straight / 'val.jsonl').read_text()
+    ta, tb = (json.loads((r / 'test.json').read_text()) for r in (straight, killed))
+    assert tb['episode_accuracy'] == ta['episode_accuracy']
+    ra, rb = (json.loads((r / 'result.json').read_text()) for r in (straight, killed))
+    assert rb['rank_episode_digests'] == ra['rank_episode_digests'] and rb['rank_weight_digests'] == ra['rank_weight_digests']
+    a, b = (load_checkpoint(r / 'checkpoints' / 'last.pt') for r in (straight, killed))
+    assert all(torch.equal(a['model'][k], b['model'][k]) for k in a['model']) and a['model'].keys() == b['model'].keys()
+    assert [json.loads(l)['outcome'] for l in (killed / 'attempts.jsonl').read_text().splitlines()] == ['started', 'resumed']
