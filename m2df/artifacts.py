@@ -24,12 +24,12 @@ __all__ = ['VARIANTS', 'ABLATION_GROUPS', 'REFERENCE_ROW', 'VARIANT_FIELDS', 'CP
            'driver_dirs', 'config_with', 'Variant', 'infer_variant', 'budget_overrides', 'as_list', 'data_root_for',
            'seeds_for', 'config_key', 'setting_key', 'run_path', 'config_differences', 'notebook_overrides',
            'train_notebook_parameters', 'notebook_parameters', 'ensure_run', 'grid_configs', 'run_grid', 'load_run',
-           'collect_runs', 'find_runs', 'paired_to_reference', 'crossed_mean_ci95', 'seed_ci95', 'seed_summary',
-           'load_published', 'markdown_table', 'fmt_acc', 'column_name', 'main_tables', 'main_results_markdown',
-           'ablation_frame', 'ablation_markdown', 'setting_name', 'reference_name', 'differences_sentence',
-           'describe_runs', 'save_figure', 'chance', 'plot_main', 'plot_ablation', 'plot_lambda', 'load_run_model',
-           'video_vectors', 'episode_embeddings', 'tsne_coordinates', 'plot_tsne', 'query_counts', 'per_class_frame',
-           'plot_per_class']
+           'collect_runs', 'find_runs', 'reference_groups', 'paired_to_reference', 'crossed_mean_ci95', 'seed_ci95',
+           'seed_summary', 'load_published', 'markdown_table', 'fmt_acc', 'column_name', 'main_tables',
+           'main_results_markdown', 'ablation_frame', 'ablation_markdown', 'setting_name', 'reference_name',
+           'differences_sentence', 'describe_runs', 'save_figure', 'chance', 'plot_main', 'plot_ablation',
+           'plot_lambda', 'load_run_model', 'video_vectors', 'episode_embeddings', 'tsne_coordinates', 'plot_tsne',
+           'query_counts', 'per_class_frame', 'plot_per_class']
 
 # %% ../nbs/15_artifacts.ipynb #2ba152f8
 def repo_root(start=None) -> Path:
@@ -313,20 +313,22 @@ def find_runs(root) -> list:
     return sorted(p.parent for p in Path(root).rglob('test.json') if (p.parent / 'config.json').exists())
 
 # %% ../nbs/15_artifacts.ipynb #2f3b785b
+def reference_groups(df: pd.DataFrame, reference, column: str, what: str = 'runs'):
+    "(reference row, group) for each group of `df` scored on the same episodes that holds a `reference` row; two such rows are an error."
+    for _, g in df.groupby([k for k in EPISODE_KEYS if k in df], dropna=False, sort=False):
+        refs = g[g[column] == reference]
+        if len(refs) > 1: raise ValueError(f'{len(refs)} {what} with {column} = {reference!r} score the same episodes: '
+                                           f'{list(refs.run_dir) if "run_dir" in refs else list(refs.index)}')
+        if len(refs): yield refs.iloc[0], g
+
 def paired_to_reference(df: pd.DataFrame, reference='full', column: str = 'variant') -> pd.DataFrame:
     "`df` with `delta` and `delta_ci95`: mean and 95% half-width of each run's per-episode accuracy minus the reference run's."
     out = df.copy()
     out['delta'], out['delta_ci95'] = np.nan, np.nan
     if out.empty: return out
-    keys = [k for k in EPISODE_KEYS if k in out]
-    for _, g in out.groupby(keys, dropna=False, sort=False):
-        refs = g[g[column] == reference]
-        if len(refs) > 1: raise ValueError(f'{len(refs)} runs with {column} = {reference!r} score the same episodes: '
-                                           f'{list(refs.run_dir) if "run_dir" in refs else list(refs.index)}')
-        if len(refs) == 0: continue
-        ref = refs.iloc[0].episode_accuracy
+    for ref, g in reference_groups(out, reference, column):
         for i, row in g.iterrows():
-            m, h = paired_difference(row.episode_accuracy, ref)
+            m, h = paired_difference(row.episode_accuracy, ref.episode_accuracy)
             out.loc[i, 'delta'], out.loc[i, 'delta_ci95'] = 100 * m, 100 * h
     return out
 
@@ -389,13 +391,7 @@ def seed_summary(runs: pd.DataFrame, reference='full', column: str = 'variant') 
     for k in extra[-6:]: out[k] = np.nan
     out['resolved'] = False
     out['delta_seeds'] = 0
-    keys = [k for k in EPISODE_KEYS if k in out]
-    for _, g in out.groupby(keys, dropna=False, sort=False):
-        refs = g[g[column] == reference]
-        if len(refs) > 1: raise ValueError(f'{len(refs)} settings with {column} = {reference!r} score the same episodes: '
-                                           f'{list(refs.run_dir)}')
-        if len(refs) == 0: continue
-        ref = refs.iloc[0]
+    for ref, g in reference_groups(out, reference, column, 'settings'):
         for i, row in g.iterrows():
             both = [s for s in row.seeds if s in ref.seeds]
             if not both: continue
