@@ -16,8 +16,8 @@ from .config import M2DFConfig
 
 # %% auto #0
 __all__ = ['TINY_CONFIGS', 'register_tiny_configs', 'PretrainedWeightsMissing', 'find_cached_weights', 'is_torchscript_archive',
-           'NotAWeightsFile', 'read_weights', 'network_unavailable', 'load_clip_model', 'CLIPBackbone',
-           'ClassTextCache']
+           'NotAWeightsFile', 'read_weights', 'shape_mismatches', 'network_unavailable', 'load_clip_model',
+           'CLIPBackbone', 'ClassTextCache']
 
 # %% ../nbs/05_encoders.ipynb #ace8aa1c
 _TEXT_TINY = dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2)
@@ -162,12 +162,44 @@ def read_weights(path:str) -> dict:
     if all(k.startswith('module.') for k in sd): sd = {k[len('module.'):]: v for k, v in sd.items()}
     return sd
 
+_RESIZED = ('positional_embedding', 'visual.positional_embedding')   # open_clip interpolates these to the model's length
+
+def shape_mismatches(model:nn.Module, sd:dict) -> list:
+    "[(key, shape in `sd`, shape in `model`)] for the keys of both whose shapes cannot be loaded (a positional embedding may differ in length only)."
+    out, mine = [], model.state_dict()
+    for k, v in sd.items():
+        if k not in mine or not isinstance(v, torch.Tensor): continue
+        a, b = tuple(v.shape), tuple(mine[k].shape)
+        if k in _RESIZED: ok = len(a) == len(b) == 2 and a[1] == b[1]
+        elif k in ('logit_scale', 'logit_bias'): ok = v.numel() == mine[k].numel()
+        else: ok = a == b
+        if not ok: out.append((k, a, b))
+    return sorted(out)
+
+def _load_big_vision(model:nn.Module, name:str, path:str):
+    "Load big_vision numpy weights (.npz/.npy, read without pickle) into a SigLIP-style model; other models are refused by name."
+    from open_clip.timm_model import TimmModel
+    fmt = f'big_vision numpy weights ({Path(path).suffix})'
+    if not isinstance(getattr(model, 'visual', None), TimmModel):
+        raise NotAWeightsFile(f'checkpoint {path!r} is {fmt}, which open_clip reads only into SigLIP models with a timm image '
+                              f"tower (e.g. 'ViT-B-16-SigLIP'); backbone {name!r} has a {type(model.visual).__name__} image "
+                              f'tower. Give a state dict of {name!r} (.pt, .bin or .safetensors) or one of its pretrained tags '
+                              f'({oc_pretrained.list_pretrained_tags_by_model(name)})')
+    try: open_clip.factory.load_checkpoint(model, path)
+    except Exception as e:
+        raise ValueError(f'checkpoint {path!r} ({fmt}) does not fit open_clip model {name!r}: {type(e).__name__}: {str(e)[:300]}') from e
+
 def _load_weights_into(model:nn.Module, sd:dict):
     "Load the state dict `sd` into the open_clip `model` (strict), with open_clip's own renaming and resizing of old layouts."
     from open_clip.factory import convert_state_dict, resize_pos_embed, resize_text_pos_embed
     from open_clip.model import convert_to_custom_text_state_dict
     sd = convert_state_dict(model, dict(sd))
     if 'positional_embedding' in sd and not hasattr(model, 'positional_embedding'): sd = convert_to_custom_text_state_dict(sd)
+    bad = shape_mismatches(model, sd)
+    if bad:
+        raise ValueError(f'{len(bad)} tensor(s) have the wrong shape: '
+                         + '; '.join(f'{k} is {list(a)} in the file, {list(b)} in the model' for k, a, b in bad[:5])
+                         + (f'; ... and {len(bad) - 5} more' if len(bad) > 5 else ''))
     if 'logit_scale' in sd and model.logit_scale.ndim != sd['logit_scale'].ndim:
         sd['logit_scale'] = sd['logit_scale'].reshape(model.logit_scale.shape)
     if getattr(model, 'logit_bias', None) is not None and 'logit_bias' not in sd:
@@ -238,7 +270,7 @@ def load_clip_model(name:str,                          # open_clip model name ('
     if quick_gelu is False: kw['quick_gelu'] = False      # an explicit False overrides a *-quickgelu config too
     with _quiet_random_init(): model = open_clip.create_model(name, pretrained=None, **kw)
     if path is not None and Path(path).suffix in ('.npz', '.npy'):     # big_vision numpy weights (read without pickle)
-        open_clip.factory.load_checkpoint(model, path)
+        _load_big_vision(model, name, path)
     elif path is not None:
         sd = read_weights(path)
         try: _load_weights_into(model, sd)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_evaluate.ipynb #ebb3bbea
 from __future__ import annotations
-import hashlib, itertools, math
+import hashlib, itertools, math, os, warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Optional
@@ -15,11 +15,13 @@ from .config import M2DFConfig
 from .episodes import (EpisodeSampler, VideoClipDataset, benchmark_data_root, benchmark_split, clip_transform,
                            episode_loader)
 from .runs import atomic_write_text
+from .video import VideoError, resolve_video
 
 # %% auto #0
-__all__ = ['EPISODE_FIELDS', 'mean_ci95', 'paired_difference', 'weights_digest', 'feature_key', 'encode_videos', 'FeatureCache',
-           'NonFiniteError', 'nonfinite_parameters', 'first_nonfinite', 'finite_inputs_guard', 'episode_seed',
-           'episode_generator', 'episodes_of', 'chunks', 'video_outputs', 'evaluate']
+__all__ = ['FEATURE_CACHE_FORMAT', 'EPISODE_FIELDS', 'mean_ci95', 'paired_difference', 'weights_digest', 'feature_key',
+           'encode_videos', 'video_identity', 'set_aside', 'FeatureCache', 'NonFiniteError', 'nonfinite_parameters',
+           'first_nonfinite', 'finite_inputs_guard', 'episode_seed', 'episode_generator', 'episodes_of', 'chunks',
+           'video_outputs', 'evaluate']
 
 # %% ../nbs/13_evaluate.ipynb #a2499204
 def mean_ci95(values) -> tuple:
@@ -47,7 +49,7 @@ def feature_key(model, cfg: M2DFConfig, split: str) -> str:
     "Cache key of the backbone features of `split` under `cfg`."
     parts = dict(backbone=cfg.backbone, pretrained=str(cfg.pretrained), weights=weights_digest(model.backbone), dataset=cfg.dataset, split=split,
                  data_root=str(benchmark_data_root(cfg).resolve()), frames=cfg.frames, resize=cfg.resize, crop=cfg.crop,
-                 normalize=cfg.normalize, sampling='eval-centre-v1')
+                 normalize=cfg.normalize, sampling='eval-centre-v1', cache_format=FEATURE_CACHE_FORMAT)
     return hashlib.sha256(repr(sorted(parts.items())).encode()).hexdigest()[:20]
 
 @torch.no_grad()
@@ -68,28 +70,71 @@ def encode_videos(model, records, cfg: M2DFConfig, batch_size: int = 16, device=
     model.train(was)
     return feats
 
+def video_identity(data_root, record) -> str:
+    "What a video's cached features are valid for: the file the lookup finds for `record`, its size and modification time (a frame folder: those of every file in it)."
+    try: p = resolve_video(data_root, record.path)
+    except VideoError as e: raise VideoError(f'{e} (split line {record.line})') from None
+    if not p.is_dir():
+        st = p.stat()
+        return f'{p.name}|{st.st_size}|{st.st_mtime_ns}'
+    h = hashlib.sha256()
+    for e in sorted(os.scandir(p), key=lambda e: e.name):
+        st = e.stat()
+        h.update(f'{e.name}|{st.st_size}|{st.st_mtime_ns}\n'.encode())
+    return f'{p.name}/|{h.hexdigest()[:20]}'
+
+FEATURE_CACHE_FORMAT = 2   # a file: {'format': 2, 'features': {path: T×D}, 'identity': {path: video_identity}}
+
+def set_aside(path: Path) -> Path:
+    "Rename the file `path` to `<name>.damaged` (or `<name>.damaged.1`, ... when taken); the new path."
+    for i in itertools.count():
+        aside = path.with_name(path.name + ('.damaged' if i == 0 else f'.damaged.{i}'))
+        if not aside.exists(): os.replace(path, aside); return aside
+
 class FeatureCache:
-    "Backbone features of a split's videos under one key; kept in memory, and on disk under `root` when given."
-    def __init__(self, root: Optional[str] = None): self.root, self.mem = Path(root) if root else None, {}
+    "Backbone features of a split's videos under one key, each valid for its video's identity; in memory, and on disk under `root` when given."
+    def __init__(self, root: Optional[str] = None):
+        self.root, self.mem, self.ids = Path(root) if root else None, {}, {}   # key -> {path: features}, key -> {path: identity}
+
+    def _load(self, f: Path) -> tuple:
+        "(features, identities) of the cache file `f`; a damaged file is named in a warning, set aside and read as empty."
+        from m2df.runs import _is_torchscript_zip
+        if _is_torchscript_zip(f): raise RuntimeError(f'{f} is a TorchScript archive, not a feature cache (not loaded)')
+        try:
+            d = torch.load(f, weights_only=True)
+            if not (isinstance(d, dict) and d.get('format') == FEATURE_CACHE_FORMAT and isinstance(d.get('features'), dict)
+                    and isinstance(d.get('identity'), dict) and all(torch.is_tensor(v) for v in d['features'].values())):
+                raise ValueError(f'not a feature cache of format {FEATURE_CACHE_FORMAT}')
+            return d['features'], d['identity']
+        except Exception as e:
+            why = f'{type(e).__name__}: {str(e).strip()[:200]}' if str(e).strip() else type(e).__name__
+            aside = set_aside(f)
+            warnings.warn(f'feature cache {f} is damaged ({"empty file" if aside.stat().st_size == 0 else why}); '
+                          f'moved aside to {aside.name}, its videos are encoded again', stacklevel=3)
+            return {}, {}
 
     def get(self, model, cfg: M2DFConfig, split: str, records, persist: bool = False, **kw) -> dict:
-        "Features of `records`, encoding only those not cached under the current key."
+        "Features of `records`, encoding only those not cached under the current key for the video as it is now."
         key = feature_key(model, cfg, split)
-        store = self.mem.setdefault(key, {})
+        store, ids = self.mem.setdefault(key, {}), self.ids.setdefault(key, {})
         f = self.root / f'{key}.pt' if (self.root and persist) else None
         if f is not None and not store and f.exists():
-            from m2df.runs import _is_torchscript_zip
-            if _is_torchscript_zip(f): raise RuntimeError(f'{f} is a TorchScript archive, not a feature cache (not loaded)')
-            store.update(torch.load(f, weights_only=True))
-        missing = [r for r in {r.path: r for r in records}.values() if r.path not in store]
+            feats, known = self._load(f)
+            store.update(feats); ids.update(known)
+        root = benchmark_data_root(cfg)
+        now = {r.path: (r, video_identity(root, r)) for r in records}
+        # features put into `mem` by hand carry no identity and are taken as given; encoded ones must match the video now
+        missing = [r for p, (r, i) in now.items() if p not in store or (p in ids and ids[p] != i)]
         if missing:
             store.update(encode_videos(model, missing, cfg, **kw))
+            ids.update({r.path: now[r.path][1] for r in missing})
             if f is not None:
                 from m2df.runs import save_checkpoint
-                save_checkpoint(f, store)
+                save_checkpoint(f, dict(format=FEATURE_CACHE_FORMAT, features=store, identity=ids))
         # keep only the current key: the old weights' features will never be asked for again
-        for k in [k for k in self.mem if k != key]: del self.mem[k]
+        for k in [k for k in self.mem if k != key]: del self.mem[k]; self.ids.pop(k, None)
         return store
+
 
 # %% ../nbs/13_evaluate.ipynb #7aac50d4
 class NonFiniteError(FloatingPointError):

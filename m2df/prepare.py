@@ -11,14 +11,15 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .splits import SPLITS, BENCHMARKS, class_key, get_benchmark, load_split
+from .splits import SPLITS, BENCHMARKS, get_benchmark, load_split
 from .video import IMAGE_EXTS, VIDEO_EXTS, VideoError, resolve_video
 from .runs import atomic_write_text
 from .datacheck import available_cores
 
 # %% auto #0
-__all__ = ['PREPARE_MODES', 'scaled_size', 'prepare_video', 'source_index', 'find_source', 'output_path', 'PrepareTask',
-           'prepare_benchmark', 'main']
+__all__ = ['PREPARE_MODES', 'PREPARE_RECORDS', 'scaled_size', 'prepare_video', 'source_index', 'find_source', 'output_path',
+           'PrepareTask', 'PrepareSettingsError', 'prepare_settings', 'read_prepare_records', 'append_prepare_record',
+           'check_prepare_settings', 'prepare_benchmark', 'main']
 
 # %% ../nbs/17_prepare.ipynb #4725978b
 PREPARE_MODES = ('frames', 'video')
@@ -117,7 +118,7 @@ def find_source(src_root, rel:str, index:Optional[dict]) -> Optional[Path]:
 def output_path(dst_root, rel:str, mode:str, bench) -> Path:
     "Where split line `rel` is written: `<dst_root>/<class folder>/<video id>` (a folder) or `... .mp4`."
     parts = rel.split('/')
-    parts[-2] = class_key(parts[-2], bench)          # one folder per class (Kinetics spells some classes two ways)
+    if bench.merge_spellings: parts[-2] = parts[-2].replace(' ', '_')   # one folder per class (Kinetics spells some classes two ways)
     base = Path(dst_root, *parts)
     if mode == 'frames': return base
     return base if base.suffix.lower() == '.mp4' else base.with_name(base.name + '.mp4')
@@ -142,6 +143,62 @@ def _prepare_task(args) -> dict:
     except Exception as e: rec.update(status='failed', error=f'{type(e).__name__}: {str(e).strip()[:300]}')
     return dict(rec, seconds=round(time.time() - t0, 3))
 
+PREPARE_RECORDS = 'prepare.json'       # in the prepared folder: one record per invocation, oldest first
+
+class PrepareSettingsError(ValueError):
+    "A `prepare` into a folder whose videos were prepared with other settings (nothing was changed)."
+
+def prepare_settings(mode:str, short_side:int, quality:int, crf:int) -> dict:
+    "The settings that decide a prepared video's pixels: mode, short side, and the JPEG quality (frames) or the CRF (video)."
+    return dict(mode=mode, short_side=short_side, **(dict(quality=quality) if mode == 'frames' else dict(crf=crf)))
+
+def read_prepare_records(dst_root) -> list:
+    "The records of `<dst_root>/prepare.json`, oldest first: [] without one; the older single-summary file is one record."
+    f = Path(dst_root) / PREPARE_RECORDS
+    if not f.exists(): return []
+    try: data = json.loads(f.read_text(encoding='utf-8'))
+    except (OSError, ValueError) as e:
+        raise ValueError(f'{f} cannot be read ({type(e).__name__}: {e}); it was left as it is: move it aside to prepare into this folder') from e
+    records = [data] if isinstance(data, dict) else data
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ValueError(f'{f} holds neither a preparation record nor a list of them; it was left as it is')
+    return records
+
+def append_prepare_record(dst_root, record:dict) -> list:
+    "Append `record` to `<dst_root>/prepare.json` (written atomically; the earlier records are kept as they are); all records."
+    records = read_prepare_records(dst_root) + [record]
+    atomic_write_text(Path(dst_root) / PREPARE_RECORDS, json.dumps(records, indent=1))
+    return records
+
+def check_prepare_settings(records:list, settings:dict, dst_root, tasks:list, bench):
+    "A PrepareSettingsError, before anything is written, when videos of `tasks` are already in `dst_root` under other settings."
+    last = next((r for r in reversed(records) if 'mode' in r), None)
+    if last is None: return
+    before = prepare_settings(last['mode'], last.get('short_side'), last.get('quality'), last.get('crf'))
+    if before == settings: return
+    there = [t for t in tasks if os.path.exists(output_path(dst_root, t.rel, last['mode'], bench))]
+    if not there: return                               # the earlier outputs are gone: nothing would be mixed
+    diff = '; '.join(f'{k}: {before.get(k)!r} then, {settings.get(k)!r} now' for k in ('mode', 'short_side', 'quality', 'crf')
+                     if before.get(k) != settings.get(k))
+    when = last.get('finished') or 'an earlier call'
+    raise PrepareSettingsError(
+        f'{Path(dst_root) / PREPARE_RECORDS}: {len(there)} of the {len(tasks)} videos asked for were prepared here with other '
+        f'settings (record {len(records)}, {when}; {diff}), e.g. {", ".join(t.rel for t in there[:3])}. Refused: they would '
+        f'be skipped and the folder would mix two preparations; nothing was changed. Prepare into another folder, or delete '
+        f'those outputs to prepare them again with the new settings.')
+
+def _record(benchmark, settings, src_root, dst_root, out, started, t0, workers, status, error=None) -> dict:
+    "The record of one invocation: its settings, what it did to every video, and how long it took."
+    done = [r for r in out if r['status'] == 'done']
+    return dict(benchmark=benchmark, **settings, source=str(src_root), destination=str(dst_root), status=status,
+                **(dict(error=error) if error else {}), started=started, finished=_utc_now(),
+                videos=len(out), done=len(done), skipped=sum(r['status'] == 'skipped' for r in out),
+                problems=sorted((r for r in out if r['status'] in ('missing', 'failed')), key=lambda r: (r['split'], r['line'])),
+                frames_written=sum(r['frames'] for r in done), bytes_written=sum(r['bytes'] for r in done),
+                cpu_seconds=round(sum(r.get('seconds', 0) for r in done), 1), seconds=round(time.time() - t0, 1), workers=workers)
+
+def _utc_now() -> str: return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
+
 def prepare_benchmark(benchmark:str,            # ucf101 | hmdb51 | kinetics100 | ssv2_small | ssv2_full | ...
                       src_root, dst_root,       # the downloaded videos; where the prepared ones go (the data_root)
                       mode:str='frames',        # frames | video
@@ -153,23 +210,26 @@ def prepare_benchmark(benchmark:str,            # ucf101 | hmdb51 | kinetics100 
                       workers:int=0,            # processes; 0: every core
                       progress:bool=True,
                       limit:Optional[int]=None) -> dict:  # only the first `limit` lines of each split (a trial)
-    "Prepare every video of the split lists of `benchmark`; a summary (also written to `<dst_root>/prepare.json`)."
+    "Prepare every video of the split lists of `benchmark`; this invocation's record (also appended to `<dst_root>/prepare.json`)."
     if mode not in PREPARE_MODES: raise ValueError(f'mode={mode!r}: choose from {PREPARE_MODES}')
     bench = get_benchmark(benchmark)
     src_root, dst_root = Path(src_root).expanduser(), Path(dst_root).expanduser()
     if not src_root.is_dir(): raise FileNotFoundError(f'source folder {str(src_root)!r} does not exist (the downloaded {benchmark} videos)')
-    t0 = time.time()
+    t0, started = time.time(), _utc_now()
+    settings = prepare_settings(mode, short_side, quality, crf)
+    records = read_prepare_records(dst_root)
     lists = {s: load_split(benchmark, s, splits_dir=splits_dir) if benchmark != 'ssv2_full'
              else _ssv2_full_split(s, splits_dir) for s in splits}
-    records = [(s, r) for s, sp in lists.items() for r in (sp.videos[:limit] if limit else sp.videos)]
+    records_of_lists = [(s, r) for s, sp in lists.items() for r in (sp.videos[:limit] if limit else sp.videos)]
     index = None
     tasks = []
-    for s, r in records:
+    for s, r in records_of_lists:
         src = find_source(src_root, r.path, index)
         if src is None and index is None:
             index = source_index(src_root)                 # a flat download: index it once
             src = find_source(src_root, r.path, index)
         tasks.append(PrepareTask(s, r.line, r.path, str(src) if src else None, str(output_path(dst_root, r.path, mode, bench))))
+    check_prepare_settings(records, settings, dst_root, tasks, bench)
     workers = min(workers or available_cores(), max(1, len(tasks)))
     bar = None
     if progress:
@@ -188,15 +248,16 @@ def prepare_benchmark(benchmark:str,            # ucf101 | hmdb51 | kinetics100 
                 for rec in pool.imap_unordered(_prepare_task, args, chunksize=1):
                     out.append(rec)
                     if bar: bar.update(1)
+    except BaseException as e:                         # interrupted: what was finished is recorded, then the error goes on
+        dst_root.mkdir(parents=True, exist_ok=True)
+        append_prepare_record(dst_root, _record(benchmark, settings, src_root, dst_root, out, started, t0, workers,
+                                                'interrupted', f'{type(e).__name__}: {str(e)[:300]}'))
+        raise
     finally:
         if bar: bar.close()
-    done = [r for r in out if r['status'] == 'done']
-    summary = dict(benchmark=benchmark, mode=mode, short_side=short_side, quality=quality, crf=crf, source=str(src_root),
-                   destination=str(dst_root), videos=len(out), done=len(done), skipped=sum(r['status'] == 'skipped' for r in out),
-                   problems=sorted((r for r in out if r['status'] in ('missing', 'failed')), key=lambda r: (r['split'], r['line'])),
-                   frames_written=sum(r['frames'] for r in done), bytes_written=sum(r['bytes'] for r in done),
-                   cpu_seconds=round(sum(r.get('seconds', 0) for r in done), 1), seconds=round(time.time() - t0, 1), workers=workers)
-    atomic_write_text(dst_root / 'prepare.json', json.dumps(summary, indent=1))
+    dst_root.mkdir(parents=True, exist_ok=True)
+    summary = _record(benchmark, settings, src_root, dst_root, out, started, t0, workers, 'finished')
+    append_prepare_record(dst_root, summary)
     return summary
 
 def _ssv2_full_split(split, splits_dir):

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_splits.ipynb #48eb7cfa
 from __future__ import annotations
-import functools, hashlib, json, os, re, tempfile, urllib.error, urllib.request, warnings
+import functools, hashlib, json, os, re, tempfile, unicodedata, urllib.error, urllib.request, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional
@@ -13,7 +13,8 @@ from typing import NamedTuple, Optional
 __all__ = ['SOURCE_REPO', 'SOURCE_COMMIT', 'SOURCE_URL', 'SPLITS', 'NAMINGS', 'SSV2_LABELS', 'BENCHMARKS', 'SplitError',
            'Benchmark', 'get_benchmark', 'parse_split_lines', 'class_key', 'sort_class_keys', 'camel_to_words',
            'read_ssv2_labels', 'class_names', 'VideoRecord', 'Split', 'cache_root', 'file_sha256', 'fetch_splits',
-           'find_split_file', 'find_ssv2_labels', 'video_key', 'read_split_file', 'check_disjoint_splits', 'load_split']
+           'find_split_file', 'find_ssv2_labels', 'video_key', 'read_split_file', 'lookup_key', 'check_unique_lines',
+           'check_disjoint_splits', 'load_split']
 
 # %% ../nbs/01_splits.ipynb #47768ad7
 SOURCE_REPO = 'cofly2014/CLIP-MDMF'                      # the CLIP-M²DF authors' code, source of the split lists
@@ -124,7 +125,8 @@ def parse_split_lines(text:str,                # contents of a split list
 
 # %% ../nbs/01_splits.ipynb #cbf978fe
 def class_key(folder:str, bench:Benchmark) -> str:
-    "Canonical key of a class folder (Kinetics spellings with spaces and underscores merge)."
+    "Canonical key of a class folder: Unicode NFC (one text, one class, however it was typed); Kinetics spellings with spaces and underscores merge."
+    folder = unicodedata.normalize('NFC', folder)
     return folder.replace(' ', '_') if bench.merge_spellings else folder
 
 def sort_class_keys(keys) -> list[str]:
@@ -274,11 +276,25 @@ def read_split_file(file:Path, bench:Benchmark) -> tuple:
     except UnicodeDecodeError as e: raise SplitError(f'{file} is not UTF-8 text: {e}') from e
     rows = parse_split_lines(text, file, bench.line_format)
     keys = [class_key(folder, bench) for folder, _, _ in rows]
-    seen = {}
-    for k, (_, rel, line) in zip(keys, rows):
-        first = seen.setdefault((k, video_key(rel)), line)
-        if first != line: raise SplitError(f'{file}, line {line}: video {rel!r} of class {k!r} is already listed on line {first}')
+    check_unique_lines(file, rows, keys)
     return data, rows, keys
+
+def lookup_key(name:str) -> str:
+    "A name as the video lookup matches it: Unicode NFC, any letter case (`BOUNCE_000`, `Bounce_000` and `bounce_000.mp4` are one file)."
+    return unicodedata.normalize('NFC', name).casefold()
+
+def check_unique_lines(file, rows, keys) -> None:
+    "A SplitError naming both lines if two classes differ only in letter case, or if two lines name one video by the lookup's rule."
+    spelled, seen = {}, {}
+    for k, (_, rel, line) in zip(keys, rows):
+        other, first = spelled.setdefault(lookup_key(k), (k, line))
+        if other != k:
+            raise SplitError(f'{file}, line {line}: class {k!r} differs only in letter case from class {other!r} on line {first}; '
+                             f'spell each class one way (one class or two cannot be told apart)')
+        first, first_rel = seen.setdefault((k, lookup_key(video_key(rel))), (line, rel))
+        if first != line:
+            raise SplitError(f'{file}, line {line}: video {rel!r} of class {k!r} is already listed on line {first} as {first_rel!r} '
+                             f'(the video lookup ignores letter case, Unicode normal form and the file extension: one file)')
 
 @functools.lru_cache(maxsize=64)
 def _first_lines(file:str, bench:str, mtime_ns:int, size:int) -> dict:

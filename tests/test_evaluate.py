@@ -124,7 +124,8 @@ def test_frozen_backbone_features_persist_under_the_run_dir(tmp_path, encode_cal
     r1 = first.validate()
     files = list((run / 'features').glob('*.pt'))
     assert len(files) == 1 and sum(encode_calls) == n_unique
-    assert len(torch.load(files[0], weights_only=True)) == n_unique
+    saved = torch.load(files[0], weights_only=True)
+    assert len(saved['features']) == len(saved['identity']) == n_unique
     # a training step leaves a frozen backbone, hence the key, unchanged: the next validation encodes nothing
     first.train_step(list(itertools.islice(first.batches(0), first.per_rank)))
     encode_calls.clear()
