@@ -118,13 +118,38 @@ def test_a_video_replaced_in_place_is_encoded_again(small_root, frozen_model, tm
     def counting(model, records, cfg, **kw): calls.append([r.path for r in records]); return real(model, records, cfg, **kw)
     E.encode_videos = counting
     try:
-        after = (FeatureCache(tmp_path / 'features') if persist else cache).get(frozen_model, cfg, 'val', [a, b], persist=persist)
+        cache = FeatureCache(tmp_path / 'features') if persist else cache   # persisted: a new cache reads the file
+        after = dict(cache.get(frozen_model, cfg, 'val', [a, b], persist=persist))
     finally: E.encode_videos = real
     assert calls == [[a.path]]                                           # only the replaced video, once
     new = fresh(frozen_model, cfg, [other])[other.path]                  # the replacement's own features
     assert not torch.allclose(new, before[a.path])
     torch.testing.assert_close(after[a.path], new)
     torch.testing.assert_close(after[b.path], before[b.path])
+    # the same bytes with a new modification time (copied back, touched): encoded again, to the same numbers
+    fb = resolve_video(root, b.path)
+    os.utime(fb, ns=(fb.stat().st_atime_ns, fb.stat().st_mtime_ns + 10**9))
+    E.encode_videos = counting
+    try: again = cache.get(frozen_model, cfg, 'val', [a, b], persist=persist)
+    finally: E.encode_videos = real
+    assert calls == [[a.path], [b.path]]
+    torch.testing.assert_close(again[b.path], before[b.path])
+
+
+def test_a_frame_folder_with_a_frame_replaced_is_encoded_again(tmp_path, frozen_model):
+    from m2df.prepare import prepare_video
+    sp = load_split('synthetic', 'val')
+    r = sp.videos[0]
+    folder = tmp_path / 'data' / r.path
+    prepare_video(resolve_video(synthetic_root() / 'videos', r.path), folder, 'frames')
+    cfg = tiny(freeze_backbone=True, data_root=str(tmp_path / 'data'))
+    cache = FeatureCache()
+    before = cache.get(frozen_model, cfg, 'val', [r])[r.path].clone()
+    frames = sorted(folder.iterdir())
+    for f in frames[1:]: shutil.copyfile(frames[0], f)                   # every frame now shows the first one
+    want = fresh(frozen_model, cfg, [r])[r.path]
+    assert not torch.allclose(want, before)
+    torch.testing.assert_close(cache.get(frozen_model, cfg, 'val', [r])[r.path], want)
 
 
 def cache_file(cache, model, cfg) -> Path: return cache.root / f'{feature_key(model, cfg, "val")}.pt'
