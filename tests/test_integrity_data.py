@@ -240,6 +240,21 @@ def test_a_second_prepare_with_other_settings_is_refused_saying_which(download, 
     assert redo['done'] == 3 and len(read_prepare_records(dst)) == 3
 
 
+def test_an_interrupted_prepare_records_what_it_finished(download, tmp_path, monkeypatch):
+    import m2df.prepare as P
+    dst, real, calls = tmp_path / 'prepared', P.prepare_video, []
+    def once_then_interrupt(*a, **kw):
+        calls.append(a[0])
+        if len(calls) == 2: raise KeyboardInterrupt
+        return real(*a, **kw)
+    monkeypatch.setattr(P, 'prepare_video', once_then_interrupt)
+    with pytest.raises(KeyboardInterrupt): prep(download, dst)
+    [r] = read_prepare_records(dst)
+    assert (r['status'], r['error'], r['videos'], r['done'], r['quality']) == ('interrupted', 'KeyboardInterrupt: ', 1, 1, 90)
+    monkeypatch.setattr(P, 'prepare_video', real)
+    assert prep(download, dst)['done'] == 2 and [r['status'] for r in read_prepare_records(dst)] == ['interrupted', 'finished']
+
+
 def test_an_unreadable_prepare_json_is_named_and_left_alone(download, tmp_path):
     dst = tmp_path / 'prepared'; dst.mkdir()
     (dst / 'prepare.json').write_text('{"benchmark": "synth')
