@@ -19,8 +19,9 @@ from .runs import (ResumeConfigError, RunDir, atomic_write_text, check_resume_co
                        load_checkpoint, load_model_state, model_state, nonfinite_tensors, save_checkpoint, tensors_digest)
 
 # %% auto #0
-__all__ = ['CLI_WORDS', 'resolve_device', 'step_seed', 'seed_everything', 'distributed_env', 'backbone_bn_training',
-           'set_bn_training', 'truncate_logs', 'Learner', 'load_trained_model', 'parse_overrides', 'cli_config', 'main']
+__all__ = ['CLI_WORDS', 'resolve_device', 'step_seed', 'seed_everything', 'distributed_env', 'truncate_logs',
+           'backbone_bn_training', 'set_bn_training', 'Learner', 'load_trained_model', 'parse_overrides', 'cli_config',
+           'main']
 
 # %% ../nbs/14_learner.ipynb #39b4e28c
 def resolve_device(cfg: M2DFConfig, local_rank: int = 0) -> torch.device:
@@ -46,18 +47,6 @@ def distributed_env() -> tuple:
     return int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1)), int(os.environ.get('LOCAL_RANK', 0))
 
 # %% ../nbs/14_learner.ipynb #0ac9759f
-def backbone_bn_training(cfg: M2DFConfig, episode: int) -> bool:
-    "Whether the backbone's BatchNorm layers use batch statistics in a training step that starts after `episode` episodes."
-    if cfg.bn_mode == 'train': return True
-    if cfg.bn_mode == 'frozen': return False
-    return episode >= cfg.test_at[0]   # reference: running statistics until the first test scoring, batch statistics after
-
-def set_bn_training(module: torch.nn.Module, on: bool) -> int:
-    "Put every BatchNorm layer of `module` in train (`on`) or eval mode; returns how many there are."
-    bns = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m in bns: m.train(on)
-    return len(bns)
-
 def truncate_logs(run: RunDir, step: int):
     "Drop the metrics.csv rows and val.jsonl records of optimiser steps after `step` (they are about to be redone)."
     m = run.path / 'metrics.csv'
@@ -77,6 +66,20 @@ def truncate_logs(run: RunDir, step: int):
             except (ValueError, KeyError, TypeError): ok = False
             if ok: recs.append(line)
         if ''.join(recs) != v.read_text(): atomic_write_text(v, ''.join(recs))
+
+# %% ../nbs/14_learner.ipynb #99c44f03
+def backbone_bn_training(cfg: M2DFConfig, episode: int) -> bool:
+    "Whether the backbone's BatchNorm layers use batch statistics in a training step that starts after `episode` episodes."
+    if cfg.bn_mode == 'train': return True
+    if cfg.bn_mode == 'frozen': return False
+    return episode >= cfg.test_at[0]   # reference: running statistics until the first test scoring, batch statistics after
+
+def set_bn_training(module: torch.nn.Module, on: bool) -> int:
+    "Put every BatchNorm layer of `module` in train (`on`) or eval mode; returns how many there are."
+    bns = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns: m.train(on)
+    return len(bns)
+
 
 # %% ../nbs/14_learner.ipynb #e0df5152
 class Learner:
