@@ -164,6 +164,8 @@ class M2DFConfig:
         need(self.video_text_head in VIDEO_TEXT_HEADS, 'video_text_head', f'choose from {VIDEO_TEXT_HEADS}')
         need(self.bn_mode in BN_MODES, 'bn_mode', f'choose from {BN_MODES}')
         need(self.class_names in CLASS_NAMINGS, 'class_names', f'choose from {CLASS_NAMINGS}')
+        need(self.class_names == 'clean' or self.shot in (1, 5) or self.dataset == 'synthetic', 'class_names',
+             f"the authors' yaml class-name lists exist for 1 and 5 shots, not shot={self.shot}; use 'clean'")
         self.test_at = tuple(coerce_value('test_at', e, int) for e in self.test_at)
         need(all(e > 0 for e in self.test_at) and list(self.test_at) == sorted(set(self.test_at)), 'test_at',
              'give increasing positive episode counts, e.g. 14000,16000,18000,20000')
