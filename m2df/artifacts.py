@@ -18,14 +18,14 @@ from .config import M2DFConfig, make_config, METHOD_PRESETS
 from .evaluate import mean_ci95, paired_difference
 
 # %% auto #0
-__all__ = ['VARIANTS', 'ABLATION_GROUPS', 'REFERENCE_ROW', 'VARIANT_FIELDS', 'CPU_BUDGET', 'QUICK_VARIANTS',
+__all__ = ['VARIANTS', 'ABLATION_GROUPS', 'REFERENCE_ROW', 'BUDGET_FIELDS', 'VARIANT_FIELDS', 'CPU_BUDGET', 'QUICK_VARIANTS',
            'RESULT_NEUTRAL_FIELDS', 'CONFIG_FIELDS', 'EPISODE_KEYS', 'RUN_COLUMNS', 'PUBLISHED_COLUMNS', 'GRADES',
            'PUBLISHED_NOT_LISTED', 'REPRESENTATIONS', 'repo_root', 'default_runs_dir', 'default_figures_dir',
            'driver_dirs', 'config_with', 'Variant', 'infer_variant', 'budget_overrides', 'as_list', 'data_root_for',
            'seeds_for', 'config_key', 'setting_key', 'run_path', 'config_differences', 'notebook_overrides',
-           'train_notebook_parameters', 'notebook_parameters', 'ensure_run', 'grid_configs', 'run_grid', 'load_run',
-           'collect_runs', 'find_runs', 'reference_groups', 'paired_to_reference', 'crossed_mean_ci95', 'seed_ci95',
-           'seed_summary', 'load_published', 'markdown_table', 'fmt_acc', 'column_name', 'main_tables',
+           'train_notebook_parameters', 'notebook_parameters', 'ensure_run', 'grid_configs', 'fit_test_at', 'run_grid',
+           'load_run', 'collect_runs', 'find_runs', 'reference_groups', 'paired_to_reference', 'crossed_mean_ci95',
+           'seed_ci95', 'seed_summary', 'load_published', 'markdown_table', 'fmt_acc', 'column_name', 'main_tables',
            'main_results_markdown', 'ablation_frame', 'ablation_markdown', 'setting_name', 'reference_name',
            'differences_sentence', 'describe_runs', 'save_figure', 'chance', 'plot_main', 'plot_ablation',
            'plot_lambda', 'load_run_model', 'video_vectors', 'episode_embeddings', 'tsne_coordinates', 'plot_tsne',
@@ -86,14 +86,16 @@ VARIANTS = {v.name: v for v in [
     Variant('dir_l2g', 'paper', dict(distill_direction='l2g'), 'local → global only', 'direction'),
     Variant('dir_g2l', 'paper', dict(distill_direction='g2l'), 'global → local only', 'direction'),
     Variant('reference', 'reference', label="reference preset (authors' code)", group='preset'),
+    Variant('reference_fixed', 'reference_fixed', label="reference preset, the authors' mistakes fixed", group='preset'),
 ]}
 ABLATION_GROUPS = ('PPS', 'views', 'distillation', 'direction', 'preset')
 REFERENCE_ROW = {'PPS': 'PPS on', 'views': 'both views', 'distillation': 'condition t+v', 'direction': 'both directions',
                  'preset': 'paper preset'}   # how the full model reads in each ablation table
 
+BUDGET_FIELDS = ('episodes', 'test_at')   # the run's length and where a test_at run is scored: set by the budget, not the variant
 # fields a variant may change: everything any variant sets differently from the paper preset
-VARIANT_FIELDS = tuple(sorted({k for v in VARIANTS.values()
-                               for k, x in v.config('synthetic').to_dict().items() if x != make_config('synthetic').to_dict()[k]}))
+VARIANT_FIELDS = tuple(sorted({k for v in VARIANTS.values() for k, x in v.config('synthetic').to_dict().items()
+                               if x != make_config('synthetic').to_dict()[k] and k not in BUDGET_FIELDS}))
 
 def infer_variant(cfg: Union[M2DFConfig, dict]) -> str:
     "The name of the variant whose method fields `cfg` has (budget fields such as episodes or λ are ignored), else 'custom'."
@@ -258,8 +260,14 @@ def grid_configs(datasets: Sequence[str], shots: Sequence[int], variants: Sequen
     if unknown: raise ValueError(f'unknown variant(s) {unknown}; choose from {list(VARIANTS)}')
     if seeds is not None and 'seed' in overrides: raise ValueError('give seeds or seed, not both')
     per_seed = [dict(seed=int(x)) for x in seeds] if seeds is not None else [{}]
-    return [VARIANTS[v].config(d, **budget_overrides(d, shot=s, **overrides, **sd))
+    return [fit_test_at(VARIANTS[v].config(d, **budget_overrides(d, shot=s, **overrides, **sd)), 'test_at' in overrides)
             for d in datasets for s in shots for sd in per_seed for v in variants]
+
+def fit_test_at(cfg: M2DFConfig, given: bool = False) -> M2DFConfig:
+    "A `test_at` protocol (the reference presets) in a run shortened by a budget: its scoring points at the same fractions of the run (kept in the run's config); unchanged when they fit or were `given`."
+    if given or not cfg.test_at or cfg.test_at[-1] <= cfg.episodes: return cfg
+    last = cfg.test_at[-1]
+    return cfg.replace(test_at=tuple(sorted({max(1, round(e * cfg.episodes / last)) for e in cfg.test_at})))
 
 def run_grid(configs: Sequence[M2DFConfig], root=None, rerun: bool = False, train: bool = True,
              driver: str = 'package', notebook=None, progress: bool = False, log: Callable = print) -> pd.DataFrame:

@@ -11,9 +11,9 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['VIEWS', 'PPS_MODES', 'DISTILL_CONDITIONS', 'DISTILL_DIRECTIONS', 'TEXT_TOKENS', 'MATCHINGS',
-           'DISTILL_NONE_REDUCTIONS', 'VIDEO_TEXT_HEADS', 'MAX_DEFAULT_WORKERS', 'METHOD_PRESETS', 'BENCHMARK_PRESETS',
-           'default_num_workers', 'M2DFConfig', 'ConfigError', 'coerce_value', 'field_types', 'coerce_fields',
-           'make_config']
+           'DISTILL_NONE_REDUCTIONS', 'VIDEO_TEXT_HEADS', 'BN_MODES', 'CLASS_NAMINGS', 'MAX_DEFAULT_WORKERS',
+           'METHOD_PRESETS', 'REFERENCE_FIXES', 'BENCHMARK_PRESETS', 'default_num_workers', 'M2DFConfig', 'ConfigError',
+           'coerce_value', 'field_types', 'coerce_fields', 'make_config']
 
 # %% ../nbs/00_config.ipynb #d6630cb4
 VIEWS = ('local', 'global', 'raw')           # LTCE view, GTCE view, plain CLIP frames (baseline)
@@ -24,6 +24,8 @@ TEXT_TOKENS = ('prompt', 'first_frame')        # which fused token the text conf
 MATCHINGS = ('otam', 'mean_cos')
 DISTILL_NONE_REDUCTIONS = ('weighted_mean', 'sum')  # condition 'none': a+b-weighted mean | the authors' unweighted sum
 VIDEO_TEXT_HEADS = ('episode', 'reference')    # auxiliary video-text head: m2df's | the authors'
+BN_MODES = ('train', 'frozen', 'reference')    # backbone BatchNorm in training: batch statistics | running statistics | the authors' switch
+CLASS_NAMINGS = ('clean', 'reference', 'authors')  # prompt names: m2df's | the authors' yaml list as their loader indexes it | that list, each class its own name
 
 # %% ../nbs/00_config.ipynb #e56538f2
 import os
@@ -67,6 +69,13 @@ class M2DFConfig:
     pretrained: Optional[str] = 'openai'  # open_clip pretrained tag, a local checkpoint path, or None (random init)
     freeze_backbone: bool = False         # False: fine-tune the visual encoder end to end (as the authors)
     prompt_template: str = 'a photo of {}'  # text prompt for class names
+    class_names: str = 'clean'            # clean (derived from the class folders) | reference (the authors' yaml names, class i
+                                          #   prompted with the name at its position in list(set(ids)): a permutation) |
+                                          #   authors (their yaml spellings, each class its own name); see m2df.splits
+    bn_mode: str = 'train'                # backbone BatchNorm in training: train (batch statistics from step 0, support and
+                                          #   queries in one pass) | frozen (running statistics throughout) | reference
+                                          #   (frozen until the first `test_at` scoring, then batch statistics, support and
+                                          #   queries in separate passes: the authors' schedule)
     grad_checkpointing: bool = False      # recompute the visual tower's activations block by block in the backward
                                           # pass: a fraction of the memory for one more forward pass (~+30% step time)
     backbone_chunk: int = 0               # frames per backbone pass (0: all frames of an episode at once); with
@@ -129,7 +138,10 @@ class M2DFConfig:
     seed: int = 0                         # seed of training (python, numpy, torch)
     train_augment: bool = True            # random frames/crop/flip in training (False + frozen backbone: cached features)
     save_every: int = 0                   # checkpoint every this many episodes (0: at every validation)
-    select_on_test: bool = False          # also score the test split at each validation (published peers do; recorded)
+    select_on_test: bool = False          # also score the test split at each validation (published peers do; recorded);
+                                          #   with `test_at`: report the best test scoring instead of the last
+    test_at: tuple = ()                   # episodes at which the test split is scored and each result logged, with no
+                                          #   validation (the authors' protocol); () : validate every val_every, test once
     device: str = 'auto'                  # auto | cpu | cuda | cuda:N
 
     def __post_init__(self): self.validate()
@@ -150,6 +162,15 @@ class M2DFConfig:
         need(self.otam_variant in ('paper', 'reference'), 'otam_variant', "choose 'paper' or 'reference'")
         need(self.distill_none_reduction in DISTILL_NONE_REDUCTIONS, 'distill_none_reduction', f'choose from {DISTILL_NONE_REDUCTIONS}')
         need(self.video_text_head in VIDEO_TEXT_HEADS, 'video_text_head', f'choose from {VIDEO_TEXT_HEADS}')
+        need(self.bn_mode in BN_MODES, 'bn_mode', f'choose from {BN_MODES}')
+        need(self.class_names in CLASS_NAMINGS, 'class_names', f'choose from {CLASS_NAMINGS}')
+        need(self.class_names == 'clean' or self.shot in (1, 5) or self.dataset == 'synthetic', 'class_names',
+             f"the authors' yaml class-name lists exist for 1 and 5 shots, not shot={self.shot}; use 'clean'")
+        self.test_at = tuple(coerce_value('test_at', e, int) for e in self.test_at)
+        need(all(e > 0 for e in self.test_at) and list(self.test_at) == sorted(set(self.test_at)), 'test_at',
+             'give increasing positive episode counts, e.g. 14000,16000,18000,20000')
+        need(self.bn_mode != 'reference' or len(self.test_at) > 0, 'bn_mode',
+             "'reference' switches BatchNorm to batch statistics at the first test scoring: set test_at")
         need(self.cos_eps >= 0, 'cos_eps', 'must be >= 0')
         need(self.schedule in ('constant', 'cosine'), 'schedule', "choose 'constant' or 'cosine'")
         need(self.amp_dtype in ('bfloat16', 'float16'), 'amp_dtype', "choose 'bfloat16' or 'float16'")
@@ -260,13 +281,16 @@ METHOD_PRESETS = {
     'paper': {},
     'reference': dict(pps_eval_mode='sample', text_token='first_frame', detach_teacher=False, normalize=False,
                       otam_variant='reference', detach_confidence=False, distill_none_reduction='sum', cos_eps=0.01,
-                      ffn_norm=False, video_text_head='reference'),
+                      ffn_norm=False, video_text_head='reference', bn_mode='reference', class_names='reference',
+                      test_at=(14000, 16000, 18000, 20000), select_on_test=True, episodes=20020),
     'clipfsar': dict(use_pps=False, views=('raw',), distill=False),
     'no_pps': dict(use_pps=False),
     'local_only': dict(views=('local',), distill=False),
     'global_only': dict(views=('global',), distill=False),
     'no_distill': dict(distill=False),
 }
+REFERENCE_FIXES = dict(bn_mode='frozen', class_names='authors', select_on_test=False)   # the authors' mistakes corrected
+METHOD_PRESETS['reference_fixed'] = {**METHOD_PRESETS['reference'], **REFERENCE_FIXES}
 
 BENCHMARK_PRESETS = {
     'synthetic': dict(backbone='m2df-tiny-rn', pretrained=None, resize=64, crop=56, logit_scale=5., lr=1e-3,

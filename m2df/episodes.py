@@ -42,7 +42,7 @@ def benchmark_split(cfg: M2DFConfig, name: str,
         sp = load_split('synthetic', name, splits_dir=synthetic_root() / 'splits')
     else:
         labels = ssv2_labels_file(cfg) if cfg.dataset == 'ssv2_full' else None
-        sp = load_split(cfg.dataset, name, splits_dir=cfg.splits_dir, labels_json=labels)
+        sp = load_split(cfg.dataset, name, splits_dir=cfg.splits_dir, labels_json=labels, naming=cfg.class_names, shot=cfg.shot)
     if drop and cfg.drop_missing:
         from m2df.datacheck import drop_unusable
         sp = drop_unusable(cfg, sp)

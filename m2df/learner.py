@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_learner.ipynb #fb682729
 from __future__ import annotations
-import hashlib, json, math, os, sys, time
+import hashlib, json, math, os, sys, time, warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
@@ -19,8 +19,9 @@ from .runs import (ResumeConfigError, RunDir, atomic_write_text, check_resume_co
                        load_checkpoint, load_model_state, model_state, nonfinite_tensors, save_checkpoint, tensors_digest)
 
 # %% auto #0
-__all__ = ['CLI_WORDS', 'resolve_device', 'step_seed', 'seed_everything', 'distributed_env', 'truncate_logs', 'Learner',
-           'load_trained_model', 'parse_overrides', 'cli_config', 'main']
+__all__ = ['CLI_WORDS', 'resolve_device', 'step_seed', 'seed_everything', 'distributed_env', 'truncate_logs',
+           'backbone_bn_training', 'set_bn_training', 'Learner', 'load_trained_model', 'parse_overrides', 'cli_config',
+           'main']
 
 # %% ../nbs/14_learner.ipynb #39b4e28c
 def resolve_device(cfg: M2DFConfig, local_rank: int = 0) -> torch.device:
@@ -66,6 +67,20 @@ def truncate_logs(run: RunDir, step: int):
             if ok: recs.append(line)
         if ''.join(recs) != v.read_text(): atomic_write_text(v, ''.join(recs))
 
+# %% ../nbs/14_learner.ipynb #99c44f03
+def backbone_bn_training(cfg: M2DFConfig, episode: int) -> bool:
+    "Whether the backbone's BatchNorm layers use batch statistics in a training step that starts after `episode` episodes."
+    if cfg.bn_mode == 'train': return True
+    if cfg.bn_mode == 'frozen': return False
+    return episode >= cfg.test_at[0]   # reference: running statistics until the first test scoring, batch statistics after
+
+def set_bn_training(module: torch.nn.Module, on: bool) -> int:
+    "Put every BatchNorm layer of `module` in train (`on`) or eval mode; returns how many there are."
+    bns = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns: m.train(on)
+    return len(bns)
+
+
 # %% ../nbs/14_learner.ipynb #e0df5152
 class Learner:
     "Trains `M2DF` under `cfg` into `run_dir`, resuming from its last checkpoint when there is one."
@@ -74,6 +89,9 @@ class Learner:
                  progress: bool = True,     # tqdm progress bars (rank 0)
                  model: Optional[M2DF] = None):
         self.cfg, self.run, self.progress = cfg, RunDir(run_dir), progress
+        if cfg.test_at and cfg.test_at[-1] > cfg.episodes:
+            raise ConfigError(f'config field \'test_at\' = {cfg.test_at!r}: scoring points after the last training episode '
+                              f'(episodes = {cfg.episodes}) would never be reached')
         self.rank, self.world, self.local_rank = distributed_env()
         saved = self.run.saved_config() if resume else None   # cheap checks first: the run's own settings, then the data
         self.changes = {}
@@ -113,18 +131,33 @@ class Learner:
         self.cache = FeatureCache(Path(run_dir) / 'features')
         self.data_report = check_before_training(cfg, run_dir, progress)   # every video found and opened (or cached result)
         self.split = benchmark_split(cfg, 'train')
+        self.naming = self.class_names_record()
         if resume and self.run.last.exists(): self.load(self.run.last)
         self.start_step = self.step
         if self.rank == 0:
             removed = [str(f) for f in self.run.remove_stale_temporaries()]
             if not resume: self.clear_results()
             self.run.start(cfg, cfg.seed, 'resumed' if saved is not None else 'started', step=self.step, removed=removed,
-                           changes={k: list(ab) for k, ab in self.changes.items()})
+                           changes={k: list(ab) for k, ab in self.changes.items()}, class_names=self.naming)
             truncate_logs(self.run, self.step)   # rows of steps after the checkpoint are redone below
         if self.world > 1: dist.barrier()
 
     @property
     def episode(self) -> int: return self.step * self.per_step
+
+    def class_names_record(self) -> dict:
+        "How the train and test classes are named (config field `class_names`); a warning when a class is prompted with another class's name."
+        rec = {}
+        for name in ('train', 'test'):
+            sp = self.split if name == 'train' else benchmark_split(self.cfg, 'test', drop=False)
+            rec[name] = dict(naming=sp.naming, renamed=[list(r) for r in sp.renamed])
+            if self.cfg.class_names != 'clean' and sp.naming == 'clean':
+                rec[name]['note'] = f'the authors have no class-name list for {self.cfg.dataset}: clean names'
+            if sp.renamed and self.rank == 0:
+                warnings.warn(f'class_names={self.cfg.class_names!r} (the authors\' release): {len(sp.renamed)} of the {len(sp.classes)} '
+                              f'{self.cfg.dataset} {name} classes are prompted with another class\'s name, e.g. '
+                              f'{sp.renamed[0][0]!r} as {sp.renamed[0][1]!r}; recorded in attempts.jsonl', stacklevel=2)
+        return rec
 
     def lr_at(self, step: int) -> float:
         "Learning rate of optimiser step `step` (constant, or cosine decay to 0 over the run)."
@@ -195,6 +228,7 @@ class Learner:
         torch.manual_seed(step_seed(cfg.seed, self.rank, self.step))
         for g in self.opt.param_groups: g['lr'] = self.lr_at(self.step)
         self.ddp.train()
+        if cfg.bn_mode != 'train' and not cfg.freeze_backbone: set_bn_training(m.backbone, backbone_bn_training(cfg, self.episode))
         tot = dict(loss=0., ce=0., distill=0., correct=0., queries=0., episodes=0.)
         index = None
         where = lambda: f'training episode {index} (rank {self.rank}, step {self.step})'
@@ -249,6 +283,39 @@ class Learner:
         if self.world > 1: dist.barrier()
         return rec
 
+    # ---- test scorings at fixed episodes (config field `test_at`: the authors' protocol, no validation)
+    def score_test(self, at: int) -> dict:
+        "Score the fixed test episodes now (rank 0): test_<episode>.json and a val.jsonl record, both kept; best.pt follows the reported scoring."
+        rec = {}
+        if self.rank == 0:
+            r = evaluate(self.model, self.cfg, 'test', cache=self.cache, device=self.device)
+            r.update(test_at=at, episode=self.episode, step=self.step)
+            self.run.write_json(f'test_{self.episode}.json', r)
+            rec = dict(episode=self.episode, step=self.step, test_at=at, test_accuracy=r['accuracy'], test_ci95=r['ci95'])
+            finite = math.isfinite(r['accuracy'])   # reported: the best scoring (select_on_test) or the last one
+            rec['best'] = finite and (r['accuracy'] > self.best or not self.cfg.select_on_test)
+            if rec['best']: self.best = r['accuracy']
+            self.history.append(rec)
+            self.run.log_json('val.jsonl', rec)
+            if rec['best']: self.save(self.run.best, full=False)
+        if self.world > 1: dist.barrier()
+        return rec
+
+    def reported_test(self) -> dict:
+        "The test result a `test_at` run reports (written to test.json): the best of its scorings (select_on_test) or the last, with all of them listed."
+        recs = [h for h in self.history if 'test_at' in h]
+        picked = [h for h in recs if h['best']]
+        if not picked: raise NonFiniteError(f'no finite test scoring among {[(h["episode"], h["test_accuracy"]) for h in recs]}')
+        h = picked[-1]
+        r = json.loads((self.run.path / f"test_{h['episode']}.json").read_text())
+        eps = [g['episode'] for g in recs]
+        r['selected_on'] = (f'test: the best of the test scorings at episodes {eps} (the authors\' release logs each; choosing among '
+                            f'them on the test split is optimistic)' if self.cfg.select_on_test else
+                            f'none: the last of the test scorings at episodes {eps}, fixed in advance')
+        r['scorings'] = [dict(episode=g['episode'], accuracy=g['test_accuracy'], ci95=g['test_ci95']) for g in recs]
+        r['checkpoint'] = str(self.run.best)
+        return r
+
     def fit(self, test: bool = True,          # score the test split once at the end, from the best checkpoint
             rescore: bool = False) -> dict:   # score it again even if this run finished and scored it before
         "Train to `cfg.episodes`, validating and checkpointing; then score the test split once from the best checkpoint."
@@ -274,7 +341,10 @@ class Learner:
                 kill_point('step', self.step)
                 if bar: bar.update(self.per_step); bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['running_acc']:.1f}")
             crossed = lambda every: every and before // every != self.episode // every
-            if crossed(cfg.val_every) or self.step == self.total_steps: self.validate()
+            if cfg.test_at:                          # the authors' protocol: test scorings at fixed episodes, no validation
+                for at in cfg.test_at:
+                    if before < at <= self.episode: self.score_test(at)
+            elif crossed(cfg.val_every) or self.step == self.total_steps: self.validate()
             if crossed(save_every) or self.step == self.total_steps: self.save(self.run.last)
         if bar: bar.close()
         digests, weights = [None] * self.world, [None] * self.world
@@ -287,6 +357,7 @@ class Learner:
         done_before = self.start_step >= self.total_steps and scored.exists() and not rescore   # a finished run, run again
         if test and self.rank == 0:
             if done_before: r = json.loads(scored.read_text())
+            elif cfg.test_at: r = self.reported_test(); self.run.write_json('test.json', r)
             else:
                 if self.run.best.exists(): load_model_state(self.model, load_checkpoint(self.run.best, cfg, self.device), self.run.best)
                 r = evaluate(self.model, cfg, 'test', cache=self.cache, device=self.device, progress=self.progress)

@@ -141,6 +141,8 @@ class M2DF(nn.Module):
                 precomputed=None) -> dict:         # see `forward_features`
         "The model on an episode: one backbone pass over support and queries (skipped for cached features), then `forward_features`."
         if support.dim() <= 4: return self.forward_features(support, query, support_labels, class_text, generator, precomputed)
+        if self.cfg.bn_mode == 'reference':   # the authors' get_feats: support, then queries, in separate backbone passes
+            return self.forward_features(self.encode(support), self.encode(query), support_labels, class_text, generator, precomputed)
         f = self.encode(torch.cat([support, query]))
         return self.forward_features(f[:len(support)], f[len(support):], support_labels, class_text, generator, precomputed)
 

@@ -5,16 +5,17 @@
 # %% ../nbs/01_splits.ipynb #48eb7cfa
 from __future__ import annotations
 import functools, hashlib, json, os, re, tempfile, unicodedata, urllib.error, urllib.request, warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Optional
 
 # %% auto #0
-__all__ = ['SOURCE_REPO', 'SOURCE_COMMIT', 'SOURCE_URL', 'SPLITS', 'NAMINGS', 'SSV2_LABELS', 'BENCHMARKS', 'SplitError',
-           'Benchmark', 'get_benchmark', 'parse_split_lines', 'class_key', 'sort_class_keys', 'camel_to_words',
-           'read_ssv2_labels', 'class_names', 'VideoRecord', 'Split', 'cache_root', 'file_sha256', 'fetch_splits',
-           'find_split_file', 'find_ssv2_labels', 'video_key', 'read_split_file', 'lookup_key', 'check_unique_lines',
-           'check_disjoint_splits', 'load_split']
+__all__ = ['SOURCE_REPO', 'SOURCE_COMMIT', 'SOURCE_URL', 'SPLITS', 'NAMINGS', 'SSV2_LABELS', 'BENCHMARKS', 'AUTHORS_NAMES_FILE',
+           'SplitError', 'Benchmark', 'get_benchmark', 'parse_split_lines', 'class_key', 'sort_class_keys',
+           'camel_to_words', 'read_ssv2_labels', 'class_names', 'VideoRecord', 'Split', 'cache_root', 'file_sha256',
+           'fetch_splits', 'find_split_file', 'find_ssv2_labels', 'video_key', 'read_split_file', 'lookup_key',
+           'check_unique_lines', 'check_disjoint_splits', 'authors_yaml_names', 'authors_name_list', 'set_positions',
+           'own_names', 'authors_class_names', 'load_split']
 
 # %% ../nbs/01_splits.ipynb #47768ad7
 SOURCE_REPO = 'cofly2014/CLIP-MDMF'                      # the CLIP-M²DF authors' code, source of the split lists
@@ -172,6 +173,8 @@ class Split:
     class_names: list[str]     # prompt names, aligned with `classes`
     videos: list[VideoRecord]
     sha256: str = ''           # of the list file, for run records
+    naming: str = 'clean'      # how class_names were chosen: clean | reference | authors (config field `class_names`)
+    renamed: list = field(default_factory=list)  # [(class key, name it is prompted with, its own name)] where they differ
 
     def __len__(self): return len(self.videos)
     def __repr__(self):
@@ -320,13 +323,70 @@ def check_disjoint_splits(bench:Benchmark, split:str, file:Path, splits_dir) -> 
             raise SplitError(f'{file}, line {mine[k]}: class {k!r} is also in the {other} split ({f}, line {classes_of(f)[k]}); '
                              f'few-shot splits must not share classes ({len(both)} shared: {sorted(both)[:5]})')
 
+# %% ../nbs/01_splits.ipynb #69a0b189
+from .config import CLASS_NAMINGS
+AUTHORS_NAMES_FILE = 'authors_class_names.json'   # in m2df/data: the CLASS_NAME lists of the authors' yaml configs
+
+@functools.lru_cache(maxsize=1)
+def authors_yaml_names() -> dict:
+    "The authors' yaml CLASS_NAME lists: {'names': {benchmark: {shot: {'train': [...], 'test': [...]}}}, 'files': ...}."
+    from importlib.resources import files
+    return json.loads(files('m2df').joinpath('data', AUTHORS_NAMES_FILE).read_text(encoding='utf-8'))
+
+def authors_name_list(benchmark:str, shot:int, split:str) -> Optional[list[str]]:
+    "CLASS_NAME of the authors' yaml for `benchmark` at `shot` shots (TRAIN for train, TEST for test); None for val or a benchmark they have no list for."
+    if split == 'val': return None
+    names = authors_yaml_names()['names'].get(benchmark.removesuffix('_clipfsar'))
+    if names is None: return None
+    if str(shot) not in names:
+        raise SplitError(f'the authors have class-name lists for {sorted(int(s) for s in names)} shots of {benchmark}, not shot={shot}; '
+                         f"use class_names='clean'")
+    return names[str(shot)][split]
+
+def set_positions(ids) -> dict:
+    "Position of each id in `list(set(ids))`, ids added in increasing order as the authors' loader adds its videos."
+    return {c: i for i, c in enumerate(list(set(sorted(ids))))}
+
+def _letters(s:str) -> str: return re.sub(r'[^a-z0-9]', '', s.lower())
+
+def own_names(yaml_names:list[str], classes:list[str], clean:list[str], where:str) -> list[str]:
+    "The yaml name of each class: the one equal to its clean name in letters and digits (an error naming the class if none or several)."
+    by = {}
+    for n in yaml_names: by.setdefault(_letters(n), []).append(n)
+    out = []
+    for k, c in zip(classes, clean):
+        m = by.get(_letters(c), [])
+        if len(m) != 1: raise SplitError(f'{where}: class {k!r} ({c!r}) matches {len(m)} of the authors\' names {m or ""}; cannot give it its own name')
+        out.append(m[0])
+    return out
+
+def authors_class_names(bench:Benchmark, split:str, classes:list[str], clean:list[str],
+                        all_classes:list[str],   # keys of the train, val and test lists together (the data root's folders)
+                        shot:int, naming:str) -> tuple[list[str], list]:
+    "(prompt names aligned with `classes`, [(key, given name, own name)] where they differ) under naming reference | authors."
+    names = authors_name_list(bench.name, shot, split)
+    if names is None: return list(clean), []
+    where = f'{bench.name} {split} ({shot}-shot yaml)'
+    if len(names) != len(classes): raise SplitError(f'{where}: {len(classes)} classes but the authors list {len(names)} names')
+    glob = {k: i for i, k in enumerate(sort_class_keys(all_classes))}
+    pos = set_positions([glob[k] for k in classes])
+    given = [names[pos[glob[k]]] for k in classes]
+    try: own = own_names(names, classes, clean, where)
+    except SplitError:
+        if naming == 'authors': raise
+        own = None   # e.g. stand-in SSv2 labels: the permutation is still reproduced, what each class should get is unknown
+    if naming == 'authors': return own, []
+    return given, [] if own is None else [(k, g, o) for k, g, o in zip(classes, given, own) if g != o]
+
 # %% ../nbs/01_splits.ipynb #6cb1b87d
 def load_split(benchmark:str,                  # a key of BENCHMARKS
                split:str,                      # train | val | test
                splits_dir:str|Path|None=None,  # folder with <split>.txt or <benchmark>/<split>.txt; None: cache/download
                cache_dir:str|Path|None=None,   # download cache (see fetch_splits)
                labels_json:str|Path|None=None, # ssv2_full: something-something-v2-labels.json
-               data_root:str|Path|None=None    # ssv2_full: the videos' folder, where labels_json is looked for
+               data_root:str|Path|None=None,   # ssv2_full: the videos' folder, where labels_json is looked for
+               naming:str='clean',             # class names: clean | reference | authors (config field `class_names`)
+               shot:int=1                      # shots, for naming reference/authors: which of the authors' yaml lists
               ) -> Split:
     "The classes, class names and videos of one split of a benchmark."
     b = get_benchmark(benchmark)
@@ -349,5 +409,17 @@ def load_split(benchmark:str,                  # a key of BENCHMARKS
         labels = read_ssv2_labels(labels_file)
     index = {k: i for i, k in enumerate(classes)}
     videos = [VideoRecord(rel, index[k], line) for k, (_, rel, line) in zip(keys, rows)]
-    return Split(b.name, split, str(file), classes, class_names(b, classes, labels, labels_file), videos,
-                 hashlib.sha256(data).hexdigest())
+    names, renamed, used = class_names(b, classes, labels, labels_file), [], 'clean'
+    if naming not in CLASS_NAMINGS: raise SplitError(f'naming {naming!r}: choose from {CLASS_NAMINGS}')
+    if naming != 'clean' and authors_name_list(b.name, shot, split) is not None:
+        every = set(classes)
+        for other in SPLITS:
+            if other == split: continue
+            try: f = find_split_file(b.name, other, splits_dir)
+            except FileNotFoundError as e: raise SplitError(f'class_names={naming!r} numbers the classes of all three lists as the '
+                                                            f'authors\' loader does; the {other} list is missing: {e}') from e
+            st = Path(f).stat()
+            every |= set(_first_lines(str(f), b.name, st.st_mtime_ns, st.st_size))
+        names, renamed = authors_class_names(b, split, classes, names, sorted(every), shot, naming)
+        used = naming
+    return Split(b.name, split, str(file), classes, names, videos, hashlib.sha256(data).hexdigest(), used, renamed)
