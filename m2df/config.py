@@ -11,9 +11,9 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['VIEWS', 'PPS_MODES', 'DISTILL_CONDITIONS', 'DISTILL_DIRECTIONS', 'TEXT_TOKENS', 'MATCHINGS',
-           'DISTILL_NONE_REDUCTIONS', 'VIDEO_TEXT_HEADS', 'MAX_DEFAULT_WORKERS', 'METHOD_PRESETS', 'BENCHMARK_PRESETS',
-           'default_num_workers', 'M2DFConfig', 'ConfigError', 'coerce_value', 'field_types', 'coerce_fields',
-           'make_config']
+           'DISTILL_NONE_REDUCTIONS', 'VIDEO_TEXT_HEADS', 'FRAME_SAMPLINGS', 'MAX_DEFAULT_WORKERS', 'METHOD_PRESETS',
+           'BENCHMARK_PRESETS', 'PRESET_CASES', 'default_num_workers', 'M2DFConfig', 'ConfigError', 'coerce_value',
+           'field_types', 'coerce_fields', 'make_config']
 
 # %% ../nbs/00_config.ipynb #d6630cb4
 VIEWS = ('local', 'global', 'raw')           # LTCE view, GTCE view, plain CLIP frames (baseline)
@@ -24,6 +24,7 @@ TEXT_TOKENS = ('prompt', 'first_frame')        # which fused token the text conf
 MATCHINGS = ('otam', 'mean_cos')
 DISTILL_NONE_REDUCTIONS = ('weighted_mean', 'sum')  # condition 'none': a+b-weighted mean | the authors' unweighted sum
 VIDEO_TEXT_HEADS = ('episode', 'reference')    # auxiliary video-text head: m2df's | the authors'
+FRAME_SAMPLINGS = ('segments', 'reference')    # which T frames of a video: m2df's equal segments | the authors' linspace
 
 # %% ../nbs/00_config.ipynb #e56538f2
 import os
@@ -50,7 +51,11 @@ class M2DFConfig:
     frames: int = 8                       # T, frames sampled per video
     resize: int = 256                     # shorter side is resized to this before cropping
     crop: int = 224                       # square crop side (random in training, centre in evaluation)
-    flip: Optional[bool] = None           # horizontal flip in training; None: benchmark default (never for SSv2)
+    frame_sampling: str = 'segments'      # segments (one random frame per equal segment in training, segment centres in
+                                          #   evaluation) | reference (the authors': T evenly spaced from first to last frame,
+                                          #   the two ends jittered by up to 5 frames in training; frames 1 to L−2 in evaluation)
+    flip: Optional[bool] = None           # horizontal flip (p = 1/2, whole clip) in training; None: benchmark default
+                                          #   (never for SSv2, whose labels say left and right); True flips every benchmark
     normalize: bool = True                # CLIP mean/std pixel normalisation (the authors' loader skipped it)
     way: int = 5                          # N classes per episode
     shot: int = 1                         # K support videos per class
@@ -119,7 +124,8 @@ class M2DFConfig:
     episodes: int = 10_000                # training episodes
     accumulation: int = 16                # episodes per optimiser step
     grad_clip: Optional[float] = None     # max gradient norm, None: no clipping
-    amp: bool = True                      # mixed precision (autocast) of training and evaluation on CUDA (ignored on CPU)
+    amp: bool = True                      # mixed precision (autocast) of training and evaluation on CUDA (ignored on CPU);
+                                          #   False: float32 throughout, as the authors' scripts
     amp_dtype: str = 'bfloat16'           # bfloat16 | float16 (with a grad scaler)
     val_every: int = 500                  # validate every this many episodes
     val_episodes: int = 1000              # fixed validation episodes
@@ -150,6 +156,7 @@ class M2DFConfig:
         need(self.otam_variant in ('paper', 'reference'), 'otam_variant', "choose 'paper' or 'reference'")
         need(self.distill_none_reduction in DISTILL_NONE_REDUCTIONS, 'distill_none_reduction', f'choose from {DISTILL_NONE_REDUCTIONS}')
         need(self.video_text_head in VIDEO_TEXT_HEADS, 'video_text_head', f'choose from {VIDEO_TEXT_HEADS}')
+        need(self.frame_sampling in FRAME_SAMPLINGS, 'frame_sampling', f'choose from {FRAME_SAMPLINGS}')
         need(self.cos_eps >= 0, 'cos_eps', 'must be >= 0')
         need(self.schedule in ('constant', 'cosine'), 'schedule', "choose 'constant' or 'cosine'")
         need(self.amp_dtype in ('bfloat16', 'float16'), 'amp_dtype', "choose 'bfloat16' or 'float16'")
@@ -260,7 +267,10 @@ METHOD_PRESETS = {
     'paper': {},
     'reference': dict(pps_eval_mode='sample', text_token='first_frame', detach_teacher=False, normalize=False,
                       otam_variant='reference', detach_confidence=False, distill_none_reduction='sum', cos_eps=0.01,
-                      ffn_norm=False, video_text_head='reference'),
+                      ffn_norm=False, video_text_head='reference',
+                      # protocol of the main script run_clip_fsar_decison_now.py (lr, episodes: its argparse defaults)
+                      frame_sampling='reference', flip=True, amp=False, lr=1e-6, episodes=20_020),
+    'reference_fixed': dict(frame_sampling='reference', amp=False, lr=1e-6, episodes=20_020),
     'clipfsar': dict(use_pps=False, views=('raw',), distill=False),
     'no_pps': dict(use_pps=False),
     'local_only': dict(views=('local',), distill=False),
@@ -276,12 +286,20 @@ BENCHMARK_PRESETS = {
     'ssv2_small': dict(flip=False), 'ssv2_full': dict(flip=False),
 }
 
+# (method preset, benchmark, shot) -> fields whose value there differs from the preset's own: the authors' yaml per
+# benchmark and shot (configs/projects/CLIPFSAR/<benchmark>/*_<shot>shot_v1.yaml)
+PRESET_CASES = {
+    ('reference', 'kinetics100', 1): dict(otam_bidirectional=False),   # CLIPFSAR_K100_1shot_v1.yaml:28 SINGLE_DIRECT: true
+}
+
 def make_config(dataset:str='synthetic', # benchmark name (a key of `BENCHMARK_PRESETS`)
                 preset:str='paper',      # method preset (a key of `METHOD_PRESETS`)
                 **overrides) -> M2DFConfig:
-    "The config of `preset` on `dataset`, then `overrides` (a None sets the field to None, e.g. `pretrained=None`: random weights)."
+    "The config of `preset` on `dataset` (and its `PRESET_CASES` entry for the shot), then `overrides` (a None sets the field to None, e.g. `pretrained=None`: random weights)."
     if dataset not in BENCHMARK_PRESETS: raise ValueError(f'unknown dataset {dataset!r}; choose from {sorted(BENCHMARK_PRESETS)}')
     if preset not in METHOD_PRESETS: raise ValueError(f'unknown preset {preset!r}; choose from {sorted(METHOD_PRESETS)}')
     d = {**BENCHMARK_PRESETS[dataset], **METHOD_PRESETS[preset], 'dataset': dataset}
+    shot = coerce_value('shot', overrides.get('shot', d.get('shot', M2DFConfig.shot)), int)
+    d.update(PRESET_CASES.get((preset, dataset, shot), {}))
     d.update(overrides)
     return M2DFConfig.from_dict(d)
