@@ -160,3 +160,38 @@ def test_reference_distillation_follows_the_statics_script():
         assert (cfg.distill_condition, cfg.distill_direction) == (cond[tuple(STATICS['dist_condition'])],
                                                                   direction[STATICS['dist_direction']]) == ('tv', 'both')
     assert (cond[tuple(MAIN['dist_condition'])], direction[MAIN['dist_direction']]) == ('t', 'g2l')
+
+
+def audit_rows():
+    "The rows of the README's table 'Where the authors' code differs from the paper', as lists of cells."
+    text = (Path(__file__).parent.parent / 'README.md').read_text()
+    sec = text.split("## Where the authors' code differs from the paper", 1)[1].split('\n## ', 1)[0]
+    return [[c.strip() for c in l.strip().strip('|').split('|')] for l in sec.splitlines()
+            if l.startswith('| ') and not l.startswith('| #')]
+
+
+def test_audit_table_states_each_presets_value():
+    "Every row naming one config field gives that field's value under `paper`, `reference` and `reference_fixed` exactly."
+    rows = audit_rows()
+    assert len(rows) == 21 and all(len(r) == 9 for r in rows)
+    names = {f.name for f in M2DFConfig.__dataclass_fields__.values()}
+    checked = 0
+    for r in rows:
+        field = r[4].split(' ')[0].strip('`,')
+        if r[4].count('`') != 2 or field not in names: continue
+        for preset, cell in zip(('paper', 'reference', 'reference_fixed'), r[5:8]):
+            where = ('kinetics100', 1) if 'Kinetics-100 1-shot' in cell else ('ucf101', 1)
+            want = getattr(make_config(where[0], preset, shot=where[1]), field)
+            got = cell.split(' ')[0].strip('`:,')
+            assert got == (str(want) if not isinstance(want, float) else got) and \
+                (not isinstance(want, float) or float(got) == want), (r[0], field, preset, cell, want)
+            checked += 1
+    assert checked >= 3 * 13
+
+
+def test_audit_table_is_the_same_in_the_readme_and_the_config_notebook():
+    title = "## Where the authors' code differs from the paper"
+    readme = (Path(__file__).parent.parent / 'README.md').read_text().split(title, 1)[1].split('\n## ', 1)[0].strip()
+    nb = json.loads((Path(__file__).parent.parent / 'nbs' / '00_config.ipynb').read_text())
+    cells = [''.join(c['source']) for c in nb['cells'] if c['cell_type'] == 'markdown' and ''.join(c['source']).startswith(title)]
+    assert len(cells) == 1 and cells[0].split(title, 1)[1].strip() == readme
