@@ -12,8 +12,9 @@ import numpy as np
 # %% auto #0
 __all__ = ['VIEWS', 'PPS_MODES', 'DISTILL_CONDITIONS', 'DISTILL_DIRECTIONS', 'TEXT_TOKENS', 'MATCHINGS',
            'DISTILL_NONE_REDUCTIONS', 'VIDEO_TEXT_HEADS', 'FRAME_SAMPLINGS', 'MAX_DEFAULT_WORKERS', 'METHOD_PRESETS',
-           'REFERENCE_FIXES', 'BENCHMARK_PRESETS', 'PRESET_CASES', 'default_num_workers', 'M2DFConfig', 'ConfigError',
-           'coerce_value', 'field_types', 'coerce_fields', 'make_config']
+           'REFERENCE_FIXES', 'BENCHMARK_PRESETS', 'PRESET_CASES', 'AUTHORS_MISTAKES', 'default_num_workers',
+           'M2DFConfig', 'ConfigError', 'coerce_value', 'field_types', 'coerce_fields', 'make_config',
+           'authors_mistakes']
 
 # %% ../nbs/00_config.ipynb #d6630cb4
 VIEWS = ('local', 'global', 'raw')           # LTCE view, GTCE view, plain CLIP frames (baseline)
@@ -306,3 +307,21 @@ def make_config(dataset:str='synthetic', # benchmark name (a key of `BENCHMARK_P
     d.update(PRESET_CASES.get((preset, dataset, shot), {}))
     d.update(overrides)
     return M2DFConfig.from_dict(d)
+
+# %% ../nbs/00_config.ipynb #a19b0c04
+# field -> (does `cfg` reproduce the authors' mistake?, what it is and where the release has it)
+AUTHORS_MISTAKES = {
+    'flip': (lambda c: c.flip is True and c.dataset.startswith('ssv2'),
+             'horizontal flip on SSv2, whose labels say left and right (video_reader.py:137, for every dataset)'),
+    'otam_bidirectional': (lambda c: not c.otam_bidirectional and (c.dataset, c.shot) == ('kinetics100', 1),
+                           'one-way OTAM on Kinetics-100 1-shot only (CLIPFSAR_K100_1shot_v1.yaml:28 SINGLE_DIRECT)'),
+    'text_token': (lambda c: c.text_token == 'first_frame',
+                   'text confidence read from the first frame token, not the prompt (few_shot_clip_two_trans.py:549-550)'),
+    'normalize': (lambda c: not c.normalize, "no CLIP mean/std normalisation of the pixels (video_reader.py:124-144)"),
+    'otam_variant': (lambda c: c.otam_variant == 'reference',
+                     "OTAM's first real column also steps down from the row above (few_shot_clip_two_trans.py:338-340)"),
+}
+
+def authors_mistakes(cfg:M2DFConfig) -> list:
+    "One line per setting of `cfg` that reproduces a mistake of the authors' release (empty for a clean config)."
+    return [f'{name}={getattr(cfg, name)!r}: {what}' for name, (applies, what) in AUTHORS_MISTAKES.items() if applies(cfg)]

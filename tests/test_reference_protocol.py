@@ -195,3 +195,17 @@ def test_audit_table_is_the_same_in_the_readme_and_the_config_notebook():
     nb = json.loads((Path(__file__).parent.parent / 'nbs' / '00_config.ipynb').read_text())
     cells = [''.join(c['source']) for c in nb['cells'] if c['cell_type'] == 'markdown' and ''.join(c['source']).startswith(title)]
     assert len(cells) == 1 and cells[0].split(title, 1)[1].strip() == readme
+
+
+def test_a_reference_run_says_which_mistakes_it_reproduces(tmp_path, capsys):
+    "Said once when the run starts (stderr) and recorded in attempts.jsonl; a clean run records an empty list."
+    from conftest import TINY
+    from m2df.learner import Learner
+    Learner(make_config('synthetic', 'reference', **TINY, num_workers=0), tmp_path / 'ref', progress=False)
+    err = capsys.readouterr().err
+    assert "reproduces the authors' mistakes" in err and err.count('normalize=False') == 1
+    rec = [json.loads(l) for l in (tmp_path / 'ref' / 'attempts.jsonl').read_text().splitlines()]
+    assert [m.split('=')[0] for m in rec[-1]['authors_mistakes']] == ['text_token', 'normalize', 'otam_variant']
+    Learner(make_config('synthetic', **TINY, num_workers=0), tmp_path / 'paper', progress=False)
+    assert "authors' mistakes" not in capsys.readouterr().err
+    assert json.loads((tmp_path / 'paper' / 'attempts.jsonl').read_text().splitlines()[-1])['authors_mistakes'] == []
