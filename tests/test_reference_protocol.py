@@ -209,3 +209,23 @@ def test_a_reference_run_says_which_mistakes_it_reproduces(tmp_path, capsys):
     Learner(make_config('synthetic', **TINY, num_workers=0), tmp_path / 'paper', progress=False)
     assert "authors' mistakes" not in capsys.readouterr().err
     assert json.loads((tmp_path / 'paper' / 'attempts.jsonl').read_text().splitlines()[-1])['authors_mistakes'] == []
+
+
+@pytest.mark.parametrize('scheme', ('reference', 'segments'))
+def test_batched_evaluation_encodes_the_configs_frames(monkeypatch, scheme):
+    "The cached evaluation (each video encoded once) decodes the frames of the config's scheme, under its own cache key."
+    from conftest import tiny
+    from m2df.evaluate import FeatureCache, evaluate, feature_key
+    from m2df.model import M2DF
+    cfg = tiny(frame_sampling=scheme, num_workers=0)
+    torch.manual_seed(0)
+    model = M2DF(cfg).eval()
+    seen, real = [], V.sample_indices
+    def spy(n, T, train, rng=None, scheme='segments'):
+        seen.append((train, scheme)); return real(n, T, train, rng, scheme)
+    monkeypatch.setattr(V, 'sample_indices', spy)
+    evaluate(model, cfg, 'val', n_episodes=1, cache=FeatureCache())
+    assert seen and set(seen) == {(False, scheme)}
+    other = 'segments' if scheme == 'reference' else 'reference'
+    assert feature_key(model, cfg, 'val') != feature_key(model, cfg.replace(frame_sampling=other), 'val')
+    assert feature_key(model, cfg, 'val') != feature_key(model, cfg.replace(amp=False), 'val')   # float32 features
