@@ -229,3 +229,15 @@ def test_batched_evaluation_encodes_the_configs_frames(monkeypatch, scheme):
     other = 'segments' if scheme == 'reference' else 'reference'
     assert feature_key(model, cfg, 'val') != feature_key(model, cfg.replace(frame_sampling=other), 'val')
     assert feature_key(model, cfg, 'val') != feature_key(model, cfg.replace(amp=False), 'val')   # float32 features
+
+
+@pytest.mark.parametrize('ds', BENCHMARKS)
+@pytest.mark.parametrize('shot', (1, 5))
+def test_mistakes_flagged_per_benchmark_and_shot(ds, shot):
+    "`reference` flags the SSv2 flip and the Kinetics-100 1-shot one-way OTAM where it has them; `reference_fixed` neither."
+    from m2df.config import authors_mistakes
+    flagged = {m.split('=')[0] for m in authors_mistakes(make_config(ds, 'reference', shot=shot))}
+    assert flagged == {'text_token', 'normalize', 'otam_variant'} | ({'flip'} if ds.startswith('ssv2') else set()) \
+        | ({'otam_bidirectional'} if (ds, shot) == ('kinetics100', 1) else set())
+    fixed = {m.split('=')[0] for m in authors_mistakes(make_config(ds, 'reference_fixed', shot=shot))}
+    assert fixed == {'text_token', 'normalize', 'otam_variant'}
