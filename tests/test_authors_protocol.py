@@ -241,3 +241,21 @@ def test_mistakes_flagged_per_benchmark_and_shot(ds, shot):
         | ({'otam_bidirectional'} if (ds, shot) == ('kinetics100', 1) else set())
     fixed = {m.split('=')[0] for m in authors_mistakes(make_config(ds, 'reference_fixed', shot=shot))}
     assert fixed == {'text_token', 'normalize', 'otam_variant'}
+
+
+def test_short_videos_are_listed_not_silently_dropped(tmp_path):
+    """The authors' reader skips videos shorter than T without a word; under `reference` the data check lists each one and
+    stops the run, and `drop_missing=True` leaves them out and records which."""
+    from m2df.datacheck import DataCheckError, check_before_training
+    from m2df.episodes import benchmark_data_root, benchmark_split
+    from m2df.video import count_frames, resolve_video
+    cfg = make_config('synthetic', 'reference', frames=20, check_workers=1)
+    root = benchmark_data_root(cfg)
+    short = {(s, r.path) for s in ('train', 'val', 'test') for r in benchmark_split(cfg, s).videos
+             if count_frames(resolve_video(root, r.path)) < 20}
+    assert short
+    with pytest.raises(DataCheckError, match='fewer than T = 20'):
+        check_before_training(cfg, tmp_path / 'stop', progress=False)
+    check_before_training(cfg.replace(drop_missing=True), tmp_path / 'drop', progress=False)
+    rec = json.loads((tmp_path / 'drop' / 'data_check.json').read_text())
+    assert {(p['split'], p['video']) for p in rec['dropped']} == short and {p['kind'] for p in rec['dropped']} == {'short'}
