@@ -18,7 +18,7 @@ from .config import M2DFConfig, make_config, METHOD_PRESETS
 from .evaluate import mean_ci95, paired_difference
 
 # %% auto #0
-__all__ = ['VARIANTS', 'ABLATION_GROUPS', 'REFERENCE_ROW', 'VARIANT_FIELDS', 'CPU_BUDGET', 'QUICK_VARIANTS',
+__all__ = ['VARIANTS', 'ABLATION_GROUPS', 'REFERENCE_ROW', 'BUDGET_FIELDS', 'VARIANT_FIELDS', 'CPU_BUDGET', 'QUICK_VARIANTS',
            'RESULT_NEUTRAL_FIELDS', 'CONFIG_FIELDS', 'EPISODE_KEYS', 'RUN_COLUMNS', 'PUBLISHED_COLUMNS', 'GRADES',
            'PUBLISHED_NOT_LISTED', 'REPRESENTATIONS', 'repo_root', 'default_runs_dir', 'default_figures_dir',
            'driver_dirs', 'config_with', 'Variant', 'infer_variant', 'budget_overrides', 'as_list', 'data_root_for',
@@ -91,9 +91,12 @@ ABLATION_GROUPS = ('PPS', 'views', 'distillation', 'direction', 'preset')
 REFERENCE_ROW = {'PPS': 'PPS on', 'views': 'both views', 'distillation': 'condition t+v', 'direction': 'both directions',
                  'preset': 'paper preset'}   # how the full model reads in each ablation table
 
-# fields a variant may change: everything any variant sets differently from the paper preset
+# fields a variant may change: everything any variant sets differently from the paper preset, less the run's budget
+# (the `reference` preset also sets the authors' learning rate and length, which name no method)
+BUDGET_FIELDS = ('episodes', 'lr')
 VARIANT_FIELDS = tuple(sorted({k for v in VARIANTS.values()
-                               for k, x in v.config('synthetic').to_dict().items() if x != make_config('synthetic').to_dict()[k]}))
+                               for k, x in v.config('synthetic').to_dict().items() if x != make_config('synthetic').to_dict()[k]}
+                              - set(BUDGET_FIELDS)))
 
 def infer_variant(cfg: Union[M2DFConfig, dict]) -> str:
     "The name of the variant whose method fields `cfg` has (budget fields such as episodes or λ are ignored), else 'custom'."

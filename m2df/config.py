@@ -12,9 +12,9 @@ import numpy as np
 # %% auto #0
 __all__ = ['VIEWS', 'PPS_MODES', 'DISTILL_CONDITIONS', 'DISTILL_DIRECTIONS', 'TEXT_TOKENS', 'MATCHINGS',
            'DISTILL_NONE_REDUCTIONS', 'VIDEO_TEXT_HEADS', 'FRAME_SAMPLINGS', 'MAX_DEFAULT_WORKERS', 'METHOD_PRESETS',
-           'REFERENCE_FIXES', 'BENCHMARK_PRESETS', 'PRESET_CASES', 'AUTHORS_MISTAKES', 'default_num_workers',
-           'M2DFConfig', 'ConfigError', 'coerce_value', 'field_types', 'coerce_fields', 'make_config',
-           'authors_mistakes']
+           'REFERENCE_FIXES', 'BENCHMARK_PRESETS', 'AUTHORS_MAIN_SCRIPT', 'PRESET_CASES', 'AUTHORS_MISTAKES',
+           'default_num_workers', 'M2DFConfig', 'ConfigError', 'coerce_value', 'field_types', 'coerce_fields',
+           'make_config', 'authors_mistakes']
 
 # %% ../nbs/00_config.ipynb #d6630cb4
 VIEWS = ('local', 'global', 'raw')           # LTCE view, GTCE view, plain CLIP frames (baseline)
@@ -269,8 +269,8 @@ METHOD_PRESETS = {
     'reference': dict(pps_eval_mode='sample', text_token='first_frame', detach_teacher=False, normalize=False,
                       otam_variant='reference', detach_confidence=False, distill_none_reduction='sum', cos_eps=0.01,
                       ffn_norm=False, video_text_head='reference',
-                      # protocol of the main script run_clip_fsar_decison_now.py (lr, episodes: its argparse defaults)
-                      frame_sampling='reference', flip=True, amp=False, lr=1e-6, episodes=20_020),
+                      # the authors' data and precision (their lr and length, per benchmark: `PRESET_CASES`)
+                      frame_sampling='reference', flip=True, amp=False),
     'clipfsar': dict(use_pps=False, views=('raw',), distill=False),
     'no_pps': dict(use_pps=False),
     'local_only': dict(views=('local',), distill=False),
@@ -290,9 +290,14 @@ BENCHMARK_PRESETS = {
     'ssv2_small': dict(flip=False), 'ssv2_full': dict(flip=False),
 }
 
-# (method preset, benchmark, shot) -> fields whose value there differs from the preset's own: the authors' yaml per
-# benchmark and shot (configs/projects/CLIPFSAR/<benchmark>/*_<shot>shot_v1.yaml)
+# (method preset, benchmark, shot) -> fields whose value there differs from the preset's own (shot None: every shot):
+# the learning rate and length of the authors' main script (run_clip_fsar_decison_now.py:59, :62) on the five real
+# benchmarks (the synthetic one keeps its own), and their yaml per benchmark and shot
+# (configs/projects/CLIPFSAR/<benchmark>/*_<shot>shot_v1.yaml)
+AUTHORS_MAIN_SCRIPT = dict(lr=1e-6, episodes=20_020)
 PRESET_CASES = {
+    **{(p, ds, None): AUTHORS_MAIN_SCRIPT for p in ('reference', 'reference_fixed')
+       for ds in ('ucf101', 'hmdb51', 'kinetics100', 'ssv2_small', 'ssv2_full')},
     ('reference', 'kinetics100', 1): dict(otam_bidirectional=False),   # CLIPFSAR_K100_1shot_v1.yaml:28 SINGLE_DIRECT: true
 }
 
@@ -304,6 +309,7 @@ def make_config(dataset:str='synthetic', # benchmark name (a key of `BENCHMARK_P
     if preset not in METHOD_PRESETS: raise ValueError(f'unknown preset {preset!r}; choose from {sorted(METHOD_PRESETS)}')
     d = {**BENCHMARK_PRESETS[dataset], **METHOD_PRESETS[preset], 'dataset': dataset}
     shot = coerce_value('shot', overrides.get('shot', d.get('shot', M2DFConfig.shot)), int)
+    d.update(PRESET_CASES.get((preset, dataset, None), {}))
     d.update(PRESET_CASES.get((preset, dataset, shot), {}))
     d.update(overrides)
     return M2DFConfig.from_dict(d)

@@ -19,6 +19,11 @@ scripts kept outside this repository; they execute the authors' own functions, t
   and the output of `MDMF_CLIPFSAR.otam_distance` (executed from the model file with its `cos_sim` and
   `OTAM_cum_dist_v2`, `self.args` = that yaml) on fixed float32 features: 3 queries and 5 prototypes of T = 8 frames,
   D = 16, numpy `default_rng(0).standard_normal`.
+
+The README's table "Where the authors' code differs from the paper" (also in `nbs/00_config.ipynb`) cites file:line of
+the release: every cited line was checked against the release at c6ac856 by a script kept outside the repository (each
+citation paired with a piece of the text its line must hold). The tests below check that the table's values under the
+three presets are the presets' own and that the README and the notebook carry the same table.
 """
 import json
 from pathlib import Path
