@@ -92,10 +92,12 @@ ABLATION_GROUPS = ('PPS', 'views', 'distillation', 'direction', 'preset')
 REFERENCE_ROW = {'PPS': 'PPS on', 'views': 'both views', 'distillation': 'condition t+v', 'direction': 'both directions',
                  'preset': 'paper preset'}   # how the full model reads in each ablation table
 
-BUDGET_FIELDS = ('episodes', 'test_at')   # the run's length and where a test_at run is scored: set by the budget, not the variant
-# fields a variant may change: everything any variant sets differently from the paper preset
-VARIANT_FIELDS = tuple(sorted({k for v in VARIANTS.values() for k, x in v.config('synthetic').to_dict().items()
-                               if x != make_config('synthetic').to_dict()[k] and k not in BUDGET_FIELDS}))
+# fields a variant may change: everything any variant sets differently from the paper preset, less the run's budget
+# (the `reference` preset also sets the authors' learning rate and length, which name no method)
+BUDGET_FIELDS = ('episodes', 'lr', 'test_at')   # the run's length, its learning rate, where a test_at run is scored
+VARIANT_FIELDS = tuple(sorted({k for v in VARIANTS.values()
+                               for k, x in v.config('synthetic').to_dict().items() if x != make_config('synthetic').to_dict()[k]}
+                              - set(BUDGET_FIELDS)))
 
 def infer_variant(cfg: Union[M2DFConfig, dict]) -> str:
     "The name of the variant whose method fields `cfg` has (budget fields such as episodes or λ are ignored), else 'custom'."

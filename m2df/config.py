@@ -11,9 +11,10 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['VIEWS', 'PPS_MODES', 'DISTILL_CONDITIONS', 'DISTILL_DIRECTIONS', 'TEXT_TOKENS', 'MATCHINGS',
-           'DISTILL_NONE_REDUCTIONS', 'VIDEO_TEXT_HEADS', 'BN_MODES', 'CLASS_NAMINGS', 'MAX_DEFAULT_WORKERS',
-           'METHOD_PRESETS', 'REFERENCE_FIXES', 'BENCHMARK_PRESETS', 'default_num_workers', 'M2DFConfig', 'ConfigError',
-           'coerce_value', 'field_types', 'coerce_fields', 'make_config']
+           'DISTILL_NONE_REDUCTIONS', 'VIDEO_TEXT_HEADS', 'BN_MODES', 'CLASS_NAMINGS', 'FRAME_SAMPLINGS',
+           'MAX_DEFAULT_WORKERS', 'METHOD_PRESETS', 'REFERENCE_FIXES', 'BENCHMARK_PRESETS', 'AUTHORS_MAIN_SCRIPT',
+           'PRESET_CASES', 'AUTHORS_MISTAKES', 'default_num_workers', 'M2DFConfig', 'ConfigError', 'coerce_value',
+           'field_types', 'coerce_fields', 'make_config', 'authors_mistakes']
 
 # %% ../nbs/00_config.ipynb #d6630cb4
 VIEWS = ('local', 'global', 'raw')           # LTCE view, GTCE view, plain CLIP frames (baseline)
@@ -26,6 +27,7 @@ DISTILL_NONE_REDUCTIONS = ('weighted_mean', 'sum')  # condition 'none': a+b-weig
 VIDEO_TEXT_HEADS = ('episode', 'reference')    # auxiliary video-text head: m2df's | the authors'
 BN_MODES = ('train', 'frozen', 'reference')    # backbone BatchNorm in training: batch statistics | running statistics | the authors' switch
 CLASS_NAMINGS = ('clean', 'reference', 'authors')  # prompt names: m2df's | the authors' yaml list as their loader indexes it | that list, each class its own name
+FRAME_SAMPLINGS = ('segments', 'reference')    # which T frames of a video: m2df's equal segments | the authors' linspace
 
 # %% ../nbs/00_config.ipynb #e56538f2
 import os
@@ -52,7 +54,11 @@ class M2DFConfig:
     frames: int = 8                       # T, frames sampled per video
     resize: int = 256                     # shorter side is resized to this before cropping
     crop: int = 224                       # square crop side (random in training, centre in evaluation)
-    flip: Optional[bool] = None           # horizontal flip in training; None: benchmark default (never for SSv2)
+    frame_sampling: str = 'segments'      # segments (one random frame per equal segment in training, segment centres in
+                                          #   evaluation) | reference (the authors': T evenly spaced from first to last frame,
+                                          #   the two ends jittered by up to 5 frames in training; frames 1 to L−2 in evaluation)
+    flip: Optional[bool] = None           # horizontal flip (p = 1/2, whole clip) in training; None: benchmark default
+                                          #   (never for SSv2, whose labels say left and right); True flips every benchmark
     normalize: bool = True                # CLIP mean/std pixel normalisation (the authors' loader skipped it)
     way: int = 5                          # N classes per episode
     shot: int = 1                         # K support videos per class
@@ -128,7 +134,8 @@ class M2DFConfig:
     episodes: int = 10_000                # training episodes
     accumulation: int = 16                # episodes per optimiser step
     grad_clip: Optional[float] = None     # max gradient norm, None: no clipping
-    amp: bool = True                      # mixed precision (autocast) of training and evaluation on CUDA (ignored on CPU)
+    amp: bool = True                      # mixed precision (autocast) of training and evaluation on CUDA (ignored on CPU);
+                                          #   False: float32 throughout, as the authors' scripts
     amp_dtype: str = 'bfloat16'           # bfloat16 | float16 (with a grad scaler)
     val_every: int = 500                  # validate every this many episodes
     val_episodes: int = 1000              # fixed validation episodes
@@ -171,6 +178,7 @@ class M2DFConfig:
              'give increasing positive episode counts, e.g. 14000,16000,18000,20000')
         need(self.bn_mode != 'reference' or len(self.test_at) > 0, 'bn_mode',
              "'reference' switches BatchNorm to batch statistics at the first test scoring: set test_at")
+        need(self.frame_sampling in FRAME_SAMPLINGS, 'frame_sampling', f'choose from {FRAME_SAMPLINGS}')
         need(self.cos_eps >= 0, 'cos_eps', 'must be >= 0')
         need(self.schedule in ('constant', 'cosine'), 'schedule', "choose 'constant' or 'cosine'")
         need(self.amp_dtype in ('bfloat16', 'float16'), 'amp_dtype', "choose 'bfloat16' or 'float16'")
@@ -282,14 +290,18 @@ METHOD_PRESETS = {
     'reference': dict(pps_eval_mode='sample', text_token='first_frame', detach_teacher=False, normalize=False,
                       otam_variant='reference', detach_confidence=False, distill_none_reduction='sum', cos_eps=0.01,
                       ffn_norm=False, video_text_head='reference', bn_mode='reference', class_names='reference',
-                      test_at=(14000, 16000, 18000, 20000), select_on_test=True, episodes=20020),
+                      test_at=(14000, 16000, 18000, 20000), select_on_test=True,
+                      # the authors' data and precision (their lr and length, per benchmark: `PRESET_CASES`)
+                      frame_sampling='reference', flip=True, amp=False),
     'clipfsar': dict(use_pps=False, views=('raw',), distill=False),
     'no_pps': dict(use_pps=False),
     'local_only': dict(views=('local',), distill=False),
     'global_only': dict(views=('global',), distill=False),
     'no_distill': dict(distill=False),
 }
-REFERENCE_FIXES = dict(bn_mode='frozen', class_names='authors', select_on_test=False)   # the authors' mistakes corrected
+# the authors' protocol with their mistakes corrected: flip=None is the benchmark's default, never flipping SSv2
+# (one-way OTAM is `reference`'s at Kinetics-100 1-shot only: `PRESET_CASES`)
+REFERENCE_FIXES = dict(bn_mode='frozen', class_names='authors', select_on_test=False, flip=None)
 METHOD_PRESETS['reference_fixed'] = {**METHOD_PRESETS['reference'], **REFERENCE_FIXES}
 
 BENCHMARK_PRESETS = {
@@ -300,12 +312,46 @@ BENCHMARK_PRESETS = {
     'ssv2_small': dict(flip=False), 'ssv2_full': dict(flip=False),
 }
 
+# (method preset, benchmark, shot) -> fields whose value there differs from the preset's own (shot None: every shot):
+# the learning rate and length of the authors' main script (run_clip_fsar_decison_now.py:59, :62) on the five real
+# benchmarks (the synthetic one keeps its own), and their yaml per benchmark and shot
+# (configs/projects/CLIPFSAR/<benchmark>/*_<shot>shot_v1.yaml)
+AUTHORS_MAIN_SCRIPT = dict(lr=1e-6, episodes=20_020)
+PRESET_CASES = {
+    **{(p, ds, None): AUTHORS_MAIN_SCRIPT for p in ('reference', 'reference_fixed')
+       for ds in ('ucf101', 'hmdb51', 'kinetics100', 'ssv2_small', 'ssv2_full')},
+    ('reference', 'kinetics100', 1): dict(otam_bidirectional=False),   # CLIPFSAR_K100_1shot_v1.yaml:28 SINGLE_DIRECT: true
+    # the synthetic benchmark keeps its own budget (200 episodes): the authors' scoring points at the same fractions
+    **{(p, 'synthetic', None): dict(test_at=(140, 160, 180, 200)) for p in ('reference', 'reference_fixed')},
+}
+
 def make_config(dataset:str='synthetic', # benchmark name (a key of `BENCHMARK_PRESETS`)
                 preset:str='paper',      # method preset (a key of `METHOD_PRESETS`)
                 **overrides) -> M2DFConfig:
-    "The config of `preset` on `dataset`, then `overrides` (a None sets the field to None, e.g. `pretrained=None`: random weights)."
+    "The config of `preset` on `dataset` (and its `PRESET_CASES` entry for the shot), then `overrides` (a None sets the field to None, e.g. `pretrained=None`: random weights)."
     if dataset not in BENCHMARK_PRESETS: raise ValueError(f'unknown dataset {dataset!r}; choose from {sorted(BENCHMARK_PRESETS)}')
     if preset not in METHOD_PRESETS: raise ValueError(f'unknown preset {preset!r}; choose from {sorted(METHOD_PRESETS)}')
     d = {**BENCHMARK_PRESETS[dataset], **METHOD_PRESETS[preset], 'dataset': dataset}
+    shot = coerce_value('shot', overrides.get('shot', d.get('shot', M2DFConfig.shot)), int)
+    d.update(PRESET_CASES.get((preset, dataset, None), {}))
+    d.update(PRESET_CASES.get((preset, dataset, shot), {}))
     d.update(overrides)
     return M2DFConfig.from_dict(d)
+
+# %% ../nbs/00_config.ipynb #a19b0c04
+# field -> (does `cfg` reproduce the authors' mistake?, what it is and where the release has it)
+AUTHORS_MISTAKES = {
+    'flip': (lambda c: c.flip is True and c.dataset.startswith('ssv2'),
+             'horizontal flip on SSv2, whose labels say left and right (video_reader.py:137, for every dataset)'),
+    'otam_bidirectional': (lambda c: not c.otam_bidirectional and (c.dataset, c.shot) == ('kinetics100', 1),
+                           'one-way OTAM on Kinetics-100 1-shot only (CLIPFSAR_K100_1shot_v1.yaml:28 SINGLE_DIRECT)'),
+    'text_token': (lambda c: c.text_token == 'first_frame',
+                   'text confidence read from the first frame token, not the prompt (few_shot_clip_two_trans.py:549-550)'),
+    'normalize': (lambda c: not c.normalize, "no CLIP mean/std normalisation of the pixels (video_reader.py:124-144)"),
+    'otam_variant': (lambda c: c.otam_variant == 'reference',
+                     "OTAM's first real column also steps down from the row above (few_shot_clip_two_trans.py:338-340)"),
+}
+
+def authors_mistakes(cfg:M2DFConfig) -> list:
+    "One line per setting of `cfg` that reproduces a mistake of the authors' release (empty for a clean config)."
+    return [f'{name}={getattr(cfg, name)!r}: {what}' for name, (applies, what) in AUTHORS_MISTAKES.items() if applies(cfg)]

@@ -126,22 +126,23 @@ class EpisodeSampler:
     def __getitem__(self, index): return self.episode(index)
 
 # %% ../nbs/04_episodes.ipynb #308706d1
-def _load_records(records, data_root, frames, transform, train, seed, rank, index, offset):
+def _load_records(records, data_root, frames, transform, train, seed, rank, index, offset, sampling='segments'):
     "Decode `records` into a (len, T, 3, H, W) tensor."
     clips = []
     for j, r in enumerate(records):
         rng = np.random.default_rng([seed, rank, index, offset + j])
         try: path = resolve_video(data_root, r.path)
         except VideoError as e: raise VideoError(f'episode {index}: {e} (split line {r.line})') from None
-        try: clips.append(load_clip(path, frames, transform, train, rng))
+        try: clips.append(load_clip(path, frames, transform, train, rng, sampling))
         except VideoError as e: raise VideoError(f'episode {index}: {e} (split line {r.line})') from None
     return torch.stack(clips)
 
 class EpisodeDataset(Dataset):
     "Decoded episodes `start .. start+n_episodes-1` of `sampler`, as dicts of tensors (see `collate` below)."
     def __init__(self, sampler: EpisodeSampler, data_root, frames: int, transform: ClipTransform, train: bool,
-                 n_episodes: int, start: int = 0):
+                 n_episodes: int, start: int = 0, sampling: str = 'segments'):   # sampling: which frames (`sample_indices`)
         self.sampler, self.data_root, self.frames, self.transform = sampler, Path(data_root), frames, transform
+        self.sampling = sampling
         self.train, self.n, self.start = train, n_episodes, start
 
     def __len__(self): return self.n
@@ -151,9 +152,9 @@ class EpisodeDataset(Dataset):
         spec = self.sampler.episode(self.start + i)
         s = self.sampler
         args = (self.data_root, self.frames, self.transform, self.train, s.seed, s.rank, spec.index)
-        return dict(support=_load_records(spec.support, *args, 0),
+        return dict(support=_load_records(spec.support, *args, 0, self.sampling),
                     support_labels=torch.as_tensor(spec.support_labels),
-                    query=_load_records(spec.query, *args, len(spec.support)),
+                    query=_load_records(spec.query, *args, len(spec.support), self.sampling),
                     query_labels=torch.as_tensor(spec.query_labels),
                     class_ids=torch.as_tensor(spec.class_ids),
                     support_ids=[r.path for r in spec.support], query_ids=[r.path for r in spec.query],
@@ -172,7 +173,8 @@ def episode_loader(cfg: M2DFConfig,        # the run's config (dataset, frames, 
     seed = (cfg.seed if train else cfg.eval_seed) if seed is None else seed
     sp = benchmark_split(cfg, split)
     sampler = EpisodeSampler(sp, cfg.way, cfg.shot, cfg.query if train else cfg.eval_query, seed=seed, rank=rank)
-    ds = EpisodeDataset(sampler, benchmark_data_root(cfg), cfg.frames, clip_transform(cfg, augment), augment, n_episodes, start)
+    ds = EpisodeDataset(sampler, benchmark_data_root(cfg), cfg.frames, clip_transform(cfg, augment), augment, n_episodes, start,
+                       cfg.frame_sampling)
     workers = cfg.num_workers
     pin = cfg.device != 'cpu' and torch.cuda.is_available()   # page-locked batches: the copy to the GPU overlaps compute
     return DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin,
@@ -182,11 +184,14 @@ def episode_loader(cfg: M2DFConfig,        # the run's config (dataset, frames, 
 # %% ../nbs/04_episodes.ipynb #fc51fc4c
 class VideoClipDataset(Dataset):
     "Decoded evaluation clips of `records` (deterministic frames and centre crop), with their split paths."
-    def __init__(self, records: Sequence[VideoRecord], data_root, frames: int, transform: ClipTransform):
+    def __init__(self, records: Sequence[VideoRecord], data_root, frames: int, transform: ClipTransform,
+                 sampling: str = 'segments'):   # which frames (`sample_indices`)
         self.records, self.data_root, self.frames, self.transform = list(records), Path(data_root), frames, transform
+        self.sampling = sampling
     def __len__(self): return len(self.records)
     def __getitem__(self, i):
         r = self.records[i]
-        try: clip = load_clip(resolve_video(self.data_root, r.path), self.frames, self.transform, False, np.random.default_rng(0))
+        try: clip = load_clip(resolve_video(self.data_root, r.path), self.frames, self.transform, False, np.random.default_rng(0),
+                              self.sampling)
         except VideoError as e: raise VideoError(f'{e} (split line {r.line})') from None
         return clip, r.path

@@ -49,14 +49,15 @@ def feature_key(model, cfg: M2DFConfig, split: str) -> str:
     "Cache key of the backbone features of `split` under `cfg`."
     parts = dict(backbone=cfg.backbone, pretrained=str(cfg.pretrained), weights=weights_digest(model.backbone), dataset=cfg.dataset, split=split,
                  data_root=str(benchmark_data_root(cfg).resolve()), frames=cfg.frames, resize=cfg.resize, crop=cfg.crop,
-                 normalize=cfg.normalize, sampling='eval-centre-v1', cache_format=FEATURE_CACHE_FORMAT)
+                 normalize=cfg.normalize, sampling='eval-centre-v1' if cfg.frame_sampling == 'segments' else 'eval-reference-v1',
+                 cache_format=FEATURE_CACHE_FORMAT, **({} if cfg.amp else dict(precision='float32')))
     return hashlib.sha256(repr(sorted(parts.items())).encode()).hexdigest()[:20]
 
 @torch.no_grad()
 def encode_videos(model, records, cfg: M2DFConfig, batch_size: int = 16, device=None, progress: bool = False) -> dict:
     "Backbone features T×D (float16 on CPU) of each record, keyed by its split path; each video decoded once."
     device = device or next(model.parameters()).device
-    ds = VideoClipDataset(records, benchmark_data_root(cfg), cfg.frames, clip_transform(cfg, train=False))
+    ds = VideoClipDataset(records, benchmark_data_root(cfg), cfg.frames, clip_transform(cfg, train=False), cfg.frame_sampling)
     dl = DataLoader(ds, batch_size=batch_size, num_workers=cfg.num_workers, collate_fn=lambda b: (torch.stack([x for x, _ in b]), [p for _, p in b]))
     was = model.training; model.eval()
     feats = {}

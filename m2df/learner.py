@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np, torch, torch.distributed as dist
 
 from .config import ConfigError, M2DFConfig, coerce_value, make_config
+from .config import authors_mistakes
 from .episodes import EpisodeSampler, benchmark_split, episode_loader
 from .evaluate import (FeatureCache, NonFiniteError, evaluate, finite_inputs_guard, nonfinite_parameters,
                            weights_digest)
@@ -137,8 +138,11 @@ class Learner:
         if self.rank == 0:
             removed = [str(f) for f in self.run.remove_stale_temporaries()]
             if not resume: self.clear_results()
+            mistakes = authors_mistakes(cfg)      # a `reference` run says which of the authors' mistakes it reproduces
+            if mistakes: print("this run reproduces the authors' mistakes:\n  " + '\n  '.join(mistakes), file=sys.stderr)
             self.run.start(cfg, cfg.seed, 'resumed' if saved is not None else 'started', step=self.step, removed=removed,
-                           changes={k: list(ab) for k, ab in self.changes.items()}, class_names=self.naming)
+                           changes={k: list(ab) for k, ab in self.changes.items()}, class_names=self.naming,
+                           authors_mistakes=mistakes)
             truncate_logs(self.run, self.step)   # rows of steps after the checkpoint are redone below
         if self.world > 1: dist.barrier()
 

@@ -16,9 +16,10 @@ from PIL import Image
 from .config import M2DFConfig
 
 # %% auto #0
-__all__ = ['VIDEO_EXTS', 'IMAGE_EXTS', 'CLIP_MEAN', 'CLIP_STD', 'VideoError', 'ShortVideo', 'resolve_video', 'FrameFolder',
-           'VideoFile', 'read_frames_pyav', 'open_video', 'count_frames', 'read_frames', 'default_codec', 'write_video',
-           'sample_indices', 'resize_short_side', 'ClipTransform', 'load_clip']
+__all__ = ['VIDEO_EXTS', 'IMAGE_EXTS', 'REFERENCE_JITTER', 'CLIP_MEAN', 'CLIP_STD', 'VideoError', 'ShortVideo', 'resolve_video',
+           'FrameFolder', 'VideoFile', 'read_frames_pyav', 'open_video', 'count_frames', 'read_frames', 'default_codec',
+           'write_video', 'sample_indices', 'reference_span', 'reference_indices', 'resize_short_side', 'ClipTransform',
+           'load_clip']
 
 # %% ../nbs/02_video.ipynb #77743239
 class VideoError(ValueError):
@@ -234,8 +235,11 @@ def sample_indices(n_frames:int,  # frames in the clip
                    T:int,         # frames to sample
                    train:bool,    # random position within each segment (True) or its centre (False)
                    rng:Optional[np.random.Generator]=None, # source of randomness in training
+                   scheme:str=M2DFConfig.frame_sampling,   # 'segments' (this section) or 'reference' (`reference_indices`)
                   ) -> np.ndarray:
-    "T strictly increasing frame indices, one per equal segment of the clip."
+    "T strictly increasing frame indices, one per equal segment of the clip (or the authors' indices: `scheme`)."
+    if scheme == 'reference': return reference_indices(n_frames, T, train, rng)
+    if scheme != 'segments': raise ValueError(f"frame sampling scheme must be 'segments' or 'reference', got {scheme!r}")
     if T <= 0: raise ValueError(f'T must be a positive number of frames, got {T}')
     if n_frames < T: raise ValueError(f'clip has {n_frames} frames, fewer than the T={T} frames to sample')
     b = (np.arange(T + 1, dtype=np.int64) * n_frames) // T
@@ -243,6 +247,42 @@ def sample_indices(n_frames:int,  # frames in the clip
     if not train: return b[:-1] + (lengths - 1) // 2
     rng = rng if rng is not None else np.random.default_rng()
     return b[:-1] + rng.integers(0, lengths)
+
+# %% ../nbs/02_video.ipynb #b19c0d02
+REFERENCE_JITTER = 5   # the authors' cap on how far each end of the span moves in training (video_reader.py:302)
+
+def reference_span(n_frames:int,  # frames in the clip, L > T
+                   T:int,         # frames to sample
+                   train:bool,    # jittered ends (True) or frames 1 .. L-2 (False)
+                   rng:Optional[np.random.Generator]=None, # draws the two ends in training
+                  ) -> tuple:
+    "First and last frame (s, e) of the span the authors' reader spreads T frames over."
+    if train:
+        pad = int(min(REFERENCE_JITTER, (n_frames - T) / 2))
+        if pad < 1: start, end = 0, n_frames - 1
+        else:
+            rng = rng if rng is not None else np.random.default_rng()
+            start = int(rng.integers(0, pad + 1))                       # randint(0, pad)
+            end = int(rng.integers(n_frames - 1 - pad, n_frames))       # randint(L-1-pad, L-1)
+    else: start, end = 1, n_frames - 2
+    if end - start < T: start, end = 0, n_frames - 1
+    return start, end
+
+def reference_indices(n_frames:int,  # frames in the clip
+                      T:int,         # frames to sample
+                      train:bool,    # training (jittered ends) or evaluation
+                      rng:Optional[np.random.Generator]=None, # source of randomness in training (and for T = 1)
+                     ) -> np.ndarray:
+    "The authors' T frame indices: evenly spaced over `reference_span`, truncated to integers."
+    if T <= 0: raise ValueError(f'T must be a positive number of frames, got {T}')
+    if n_frames < T: raise ValueError(f"clip has {n_frames} frames, fewer than the T={T} frames to sample (the authors' "
+                                      f'reader leaves such a video out of the split; m2df lists it in the data check)')
+    if n_frames == T: return np.arange(T, dtype=np.int64)
+    start, end = reference_span(n_frames, T, train, rng)
+    if T == 1:
+        rng = rng if rng is not None else np.random.default_rng()
+        return np.array([int(rng.integers(start, end))], dtype=np.int64)   # randint(start, end - 1)
+    return np.linspace(start, end, num=T).astype(np.int64)
 
 # %% ../nbs/02_video.ipynb #2faed11b
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)   # per-channel mean of CLIP's training images (RGB, [0,1])
@@ -309,19 +349,20 @@ def load_clip(path:Union[str, Path],                 # a video file or frame fol
               transform:Optional[ClipTransform],     # clip transform; None returns the raw uint8 frames (T, 3, H, W)
               train:bool,                            # training sampling (jittered) or evaluation (deterministic)
               rng:Optional[np.random.Generator]=None, # randomness of sampling and transform in training
+              sampling:str=M2DFConfig.frame_sampling, # which frames: 'segments' or 'reference' (`sample_indices`)
              ) -> torch.Tensor:
     "The clip of `T` frames of `path`, transformed: float (T, 3, crop, crop)."
     try:
         src = open_video(path)
         n = len(src)
         if n < T: raise VideoError(f'video {str(path)!r} has {n} frames, fewer than the T={T} frames to sample')
-        try: frames = src.read(sample_indices(n, T, train, rng))
+        try: frames = src.read(sample_indices(n, T, train, rng, sampling))
         except ShortVideo as e:                 # a truncated file: sample over the frames that exist, and say so
             if e.decodable < T: raise VideoError(f'{e}; fewer than the T={T} frames to sample') from None
             warnings.warn(f'video {str(path)!r}: the container lists {n} frames but only {e.decodable} decode (a truncated '
                           f'file?); its clip is sampled over those {e.decodable}', stacklevel=2)
             src.n = e.decodable
-            frames = src.read(sample_indices(e.decodable, T, train, rng))
+            frames = src.read(sample_indices(e.decodable, T, train, rng, sampling))
         if transform is None: return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
         return transform(frames, rng)
     except VideoError: raise
