@@ -15,10 +15,10 @@ from .config import ConfigError, M2DFConfig
 # %% auto #0
 __all__ = ['PACKAGES', 'WRITE_FAILURES', 'ARCH_FIELDS', 'RESUME_MAY_CHANGE', 'package_versions', 'git_commit',
            'environment_record', 'process_umask', 'temporary_beside', 'write_failure', 'atomic_write_text',
-           'write_new_text', 'RunDir', 'RunFolderError', 'RunLockedError', 'RunLock', 'DataChangedError',
-           'data_changes', 'check_pinned_data', 'kill_requested', 'kill_point', 'save_checkpoint', 'config_mismatch',
-           'load_checkpoint', 'frozen_keys', 'tensors_digest', 'model_state', 'load_model_state', 'nonfinite_tensors',
-           'ResumeConfigError', 'resume_changes', 'check_resume_config']
+           'write_new_text', 'RunDir', 'RunFolderError', 'RunLockedError', 'FinishedRunError', 'RunLock',
+           'DataChangedError', 'data_changes', 'check_pinned_data', 'kill_requested', 'kill_point', 'save_checkpoint',
+           'config_mismatch', 'load_checkpoint', 'frozen_keys', 'tensors_digest', 'model_state', 'load_model_state',
+           'nonfinite_tensors', 'ResumeConfigError', 'resume_changes', 'check_resume_config']
 
 # %% ../nbs/12_runs.ipynb #6acbffdb
 PACKAGES = ('torch', 'torchvision', 'open_clip_torch', 'decord', 'av', 'numpy', 'nbdev', 'papermill', 'm2df')
@@ -167,6 +167,9 @@ class RunFolderError(RuntimeError):
 
 class RunLockedError(RunFolderError):
     "Another process holds the lock of a run folder."
+
+class FinishedRunError(RunFolderError):
+    "A finished run asked to train again without the checkpoint it would resume from (start over only with restart=true)."
 
 _HELD = {}   # resolved run folder -> [RunLock, holders in this process]
 
