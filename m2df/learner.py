@@ -21,7 +21,7 @@ from .runs import (ARCH_FIELDS, FinishedRunError, ResumeConfigError, RunDir, Run
 
 # %% auto #0
 __all__ = ['CLI_WORDS', 'resolve_device', 'step_seed', 'seed_everything', 'distributed_env', 'truncate_logs', 'Learner',
-           'load_trained_model', 'parse_overrides', 'cli_config', 'main']
+           'load_trained_model', 'evaluation_record_path', 'parse_overrides', 'cli_config', 'main']
 
 # %% ../nbs/14_learner.ipynb #39b4e28c
 def resolve_device(cfg: M2DFConfig, local_rank: int = 0) -> torch.device:
@@ -78,6 +78,11 @@ class Learner:
         self.cfg, self.run, self.progress = cfg, RunDir(run_dir), progress
         self.rank, self.world, self.local_rank = distributed_env()
         self.restart, self.moved_to, self.lock = restart or not resume, None, None
+        from m2df.episodes import benchmark_data_root
+        from m2df.datacheck import check_feasible, read_split_lists
+        benchmark_data_root(cfg)            # missing videos: stop now, saying where to get them
+        self.lists = read_split_lists(cfg)  # a bad or missing split list or labels file: stop before the weights load
+        check_feasible(cfg, self.lists)     # way, shot + query, shot + eval_query against the lists, naming the field
         if self.rank == 0: self.lock = RunLock(self.run.path).acquire()   # one writer per run folder, before anything is written
         try: self._setup(cfg, model)
         except BaseException: self.release(); raise
@@ -104,12 +109,8 @@ class Learner:
                     f'be resumed; nothing in it is changed. To train it again from the start pass restart=true (command '
                     f'line restart=true, papermill -p restart True, Learner(..., restart=True)): the old folder is moved to '
                     f'{self.run.path.name}.old-<time> beside it, never deleted. Or use another run_dir.')
-        from m2df.episodes import benchmark_data_root
-        from m2df.datacheck import check_before_training, check_feasible, data_identity, read_split_lists
-        benchmark_data_root(cfg)            # missing videos: stop now, saying where to get them
-        lists = read_split_lists(cfg)       # a bad or missing split list or labels file: stop before the weights load
-        check_feasible(cfg, lists)          # way, shot + query, shot + eval_query against the lists, naming the field
-        self.data = data_identity(cfg, lists)
+        from m2df.datacheck import check_before_training, data_identity
+        self.data = data_identity(cfg, self.lists)
         if not self.restart: check_pinned_data(self.run.path, self.data)   # a resumption reads the lists it started with
         if self.rank == 0 and self.restart: self.moved_to = self.lock.move_aside()
         if self.world > 1 and not dist.is_initialized():
@@ -274,6 +275,11 @@ class Learner:
     def fit(self, test: bool = True,          # score the test split once at the end, from the best checkpoint
             rescore: bool = False) -> dict:   # score it again even if this run finished and scored it before
         "Train to `cfg.episodes`, validating and checkpointing; then score the test split once from the best checkpoint."
+        if self.rank == 0 and self.lock is None: self.lock = RunLock(self.run.path).acquire()   # a second fit() of this learner
+        try: return self._fit(test, rescore)
+        finally: self.release()
+
+    def _fit(self, test: bool, rescore: bool) -> dict:
         cfg = self.cfg
         save_every = cfg.save_every or cfg.val_every
         it = self.batches(self.step)
@@ -319,7 +325,6 @@ class Learner:
         if self.rank == 0 and not (done_before and (self.run.path / 'result.json').exists()):
             self.run.write_json('result.json', result)
         if self.world > 1: dist.barrier()
-        self.release()
         return result
 
 # %% ../nbs/14_learner.ipynb #a9db3faa
@@ -346,6 +351,16 @@ def load_trained_model(checkpoint,                   # a best.pt or last.pt
     model = M2DF(cfg)
     load_model_state(model, state, checkpoint)
     return model.to(resolve_device(cfg)).eval(), cfg, state
+
+def evaluation_record_path(checkpoint,           # the checkpoint evaluated
+                           split: str,           # test | val
+                           cfg: M2DFConfig,      # the config it was evaluated with
+                           overrides: dict) -> Path:   # the fields given on top of the checkpoint's config
+    "`<run>/evaluations/eval-<split>-<checkpoint>-<way>w<shot>s[-<digest of the overrides>].json`: one name per checkpoint and overrides."
+    ckpt = Path(checkpoint)
+    run = ckpt.parent.parent if ckpt.parent.name == 'checkpoints' else ckpt.parent
+    tag = ('-' + hashlib.sha256(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:8]) if overrides else ''
+    return run / 'evaluations' / f'eval-{split}-{ckpt.stem}-{cfg.way}w{cfg.shot}s{tag}.json'
 
 # %% ../nbs/14_learner.ipynb #9094d500
 CLI_WORDS = ('run_dir', 'dataset', 'preset', 'rescore_test', 'progress', 'restart')   # command-line words that are not config fields
