@@ -288,6 +288,7 @@ class _WriteRecorder:
         try: return self.f.write(b)
         except OSError as e: self.error = e; raise
     def flush(self): self.f.flush()
+    def fileno(self) -> int: return self.f.fileno()
 
 def save_checkpoint(path, state: dict):
     "Atomically `torch.save` `state` (tensors, numbers, strings, lists and dicts only) to `path`; a full disk keeps the old file."
