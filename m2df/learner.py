@@ -83,9 +83,12 @@ class Learner:
         benchmark_data_root(cfg)            # missing videos: stop now, saying where to get them
         self.lists = read_split_lists(cfg)  # a bad or missing split list or labels file: stop before the weights load
         check_feasible(cfg, self.lists)     # way, shot + query, shot + eval_query against the lists, naming the field
+        fresh = not self.run.path.exists()
         if self.rank == 0: self.lock = RunLock(self.run.path).acquire()   # one writer per run folder, before anything is written
         try: self._setup(cfg, model)
-        except BaseException: self.release(); raise
+        except BaseException:
+            if fresh and self.lock is not None: self.lock.discard_if_empty()   # refused before its first record: no folder left
+            self.release(); raise
 
     def release(self):
         "Drop this learner's hold on the run folder's lock (the OS drops it anyway when the process ends)."

@@ -238,6 +238,13 @@ class RunLock:
         fcntl.flock(old_fd, fcntl.LOCK_UN); os.close(old_fd)
         return dest
 
+    def discard_if_empty(self):
+        "With the lock held: remove the folder if it holds nothing but the lock file (a start refused before its first record)."
+        if self.dir.is_dir() and [p.name for p in self.dir.iterdir()] == ['.lock']:
+            self.file.unlink(missing_ok=True)
+            try: self.dir.rmdir()
+            except OSError: pass
+
     def __enter__(self): return self.acquire()
     def __exit__(self, *exc): self.release()
 
