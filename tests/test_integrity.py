@@ -351,7 +351,7 @@ def test_a_full_disk_is_named_and_keeps_the_old_checkpoint(tmp_path, monkeypatch
     assert sorted(f.name for f in tmp_path.iterdir()) == ['last.pt']
 
 
-@pytest.mark.parametrize('umask,mode', [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+@pytest.mark.parametrize('umask,mode', [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)], ids=['022', '077', '002'])
 def test_run_files_follow_the_umask(tmp_path, umask, mode):
     old = os.umask(umask)
     try:
