@@ -221,34 +221,46 @@ def _run_train_notebook(cfg: M2DFConfig, run_dir: Path, notebook):
     pm.execute_notebook(str(notebook), str(run_dir / 'train.ipynb'), parameters=params, progress_bar=False, cwd=str(notebook.parent))
 
 def _check_saved(run_dir: Path, cfg: M2DFConfig):
+    "Refuse a run folder whose config or data differ from `cfg`'s: the run key is the config and the data (root, list contents)."
     f = run_dir / 'config.json'
     if not f.exists(): return
     diff = config_differences(json.loads(f.read_text()), cfg)
     if diff:
         lines = '; '.join(f'{k}: run {a!r}, asked {b!r}' for k, (a, b) in diff.items())
         raise ValueError(f'run folder {run_dir} holds another configuration ({lines}); use another folder or rerun=True')
+    pinned = run_dir / 'data.json'
+    if not pinned.exists(): return
+    from m2df.datacheck import data_identity
+    from m2df.runs import check_pinned_data
+    was, now = json.loads(pinned.read_text()), data_identity(cfg)
+    if was.get('data_root') != now['data_root']:
+        raise ValueError(f"run folder {run_dir} was trained on the videos under {was.get('data_root')}, asked "
+                         f"{now['data_root']} (data_root); use another runs folder for other data, or rerun=True")
+    check_pinned_data(run_dir, now, 'reusing')
 
 def ensure_run(cfg: M2DFConfig, run_dir,
-               rerun: bool = False,        # delete the folder and train from scratch
+               rerun: bool = False,        # train from scratch; the old folder is moved to <run_dir>.old-<time>
                train: bool = True,         # False: only reuse; a missing run is a FileNotFoundError
                driver: str = 'package',    # package | papermill (executes the train notebook)
                notebook=None,              # the train notebook for driver='papermill' (default <repo>/nbs/train.ipynb)
                progress: bool = False) -> Path:  # tqdm bars while training
-    "The folder of a finished run of `cfg` (holding test.json), training or resuming it when needed."
+    "The folder of a finished run of `cfg` and its data (holding test.json), training or resuming it when needed."
     from filelock import FileLock
+    from m2df.runs import RunLock
     if driver not in ('package', 'papermill'): raise ValueError(f"driver = {driver!r}: choose 'package' or 'papermill'")
     run_dir = Path(run_dir)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(run_dir) + '.lock'):
-        if rerun and train and run_dir.exists(): shutil.rmtree(run_dir)
-        _check_saved(run_dir, cfg)
-        if (run_dir / 'test.json').exists(): return run_dir
-        if not train: raise FileNotFoundError(f'no finished run in {run_dir} (no test.json); train it or pass its folder')
-        if driver == 'package':
-            from m2df.learner import Learner
-            Learner(cfg, run_dir, progress=progress).fit()
-        else:
-            _run_train_notebook(cfg, run_dir, notebook)
+    with FileLock(str(run_dir) + '.lock'):            # drivers asking for the same run: one trains, the others wait
+        if not train and not (run_dir / 'test.json').exists():
+            raise FileNotFoundError(f'no finished run in {run_dir} (no test.json); train it or pass its folder')
+        with RunLock(run_dir) as lock:                # a command-line or notebook run writing the folder: stop, naming it
+            if rerun and train: lock.move_aside()
+            _check_saved(run_dir, cfg)
+            if (run_dir / 'test.json').exists(): return run_dir
+            if driver == 'package':
+                from m2df.learner import Learner
+                Learner(cfg, run_dir, progress=progress).fit()
+        if driver == 'papermill': _run_train_notebook(cfg, run_dir, notebook)   # its learner takes the folder's lock itself
         _check_saved(run_dir, cfg)
         if not (run_dir / 'test.json').exists(): raise RuntimeError(f'training {run_dir} finished without writing test.json')
     return run_dir

@@ -12,9 +12,9 @@ import numpy as np
 # %% auto #0
 __all__ = ['VIEWS', 'PPS_MODES', 'DISTILL_CONDITIONS', 'DISTILL_DIRECTIONS', 'TEXT_TOKENS', 'MATCHINGS',
            'DISTILL_NONE_REDUCTIONS', 'VIDEO_TEXT_HEADS', 'BN_MODES', 'CLASS_NAMINGS', 'FRAME_SAMPLINGS',
-           'MAX_DEFAULT_WORKERS', 'METHOD_PRESETS', 'REFERENCE_FIXES', 'BENCHMARK_PRESETS', 'AUTHORS_MAIN_SCRIPT',
-           'PRESET_CASES', 'AUTHORS_MISTAKES', 'default_num_workers', 'M2DFConfig', 'ConfigError', 'coerce_value',
-           'field_types', 'coerce_fields', 'make_config', 'authors_mistakes']
+           'MAX_DEFAULT_WORKERS', 'BACKBONE_WIDTHS', 'METHOD_PRESETS', 'REFERENCE_FIXES', 'BENCHMARK_PRESETS',
+           'AUTHORS_MAIN_SCRIPT', 'PRESET_CASES', 'AUTHORS_MISTAKES', 'default_num_workers', 'M2DFConfig',
+           'ConfigError', 'coerce_value', 'field_types', 'coerce_fields', 'make_config', 'authors_mistakes']
 
 # %% ../nbs/00_config.ipynb #d6630cb4
 VIEWS = ('local', 'global', 'raw')           # LTCE view, GTCE view, plain CLIP frames (baseline)
@@ -44,6 +44,9 @@ def default_num_workers(cpus:Optional[int]=None,            # CPUs this process 
     return max(0, min(cap, cpus // max(1, local_processes) - 1))
 
 # %% ../nbs/00_config.ipynb #12364d60
+BACKBONE_WIDTHS = {'RN50': 1024, 'RN101': 512, 'ViT-B-32': 512, 'ViT-B-16': 512, 'ViT-L-14': 768,
+                   'm2df-tiny-vit': 64, 'm2df-tiny-rn': 64}   # feature width D of known backbones (others: checked at model build)
+
 @dataclass
 class M2DFConfig:
     "Every switch of CLIP-M²DF (the method: encoders, PPS, views, fusion, matching, distillation, loss), of its data and of its training protocol."
@@ -195,6 +198,22 @@ class M2DFConfig:
         need(self.save_every >= 0, 'save_every', 'must be >= 0')
         need(self.device == 'auto' or self.device == 'cpu' or self.device.startswith('cuda'), 'device', "use auto, cpu, cuda or cuda:N")
         need(self.lr > 0, 'lr', 'must be positive')
+        # ranges: a value of the right type that the method cannot use is refused here, before any file is written
+        need(self.grad_clip is None or self.grad_clip > 0, 'grad_clip', 'must be positive (a maximum gradient norm), or None: no clipping')
+        need(self.logit_scale > 0, 'logit_scale', 'must be positive (logits = -scale * distance; 0 or less inverts or erases them)')
+        need(self.lam >= 0, 'lam', 'must be >= 0 (weight of the distillation loss)')
+        need(self.lam_vt >= 0, 'lam_vt', 'must be >= 0 (weight of the video-text loss)')
+        need(self.otam_lambda > 0, 'otam_lambda', 'must be positive (soft-min smoothing of OTAM)')
+        need(self.pps_tau > 0, 'pps_tau', 'must be positive (softmax temperature)')
+        need(self.gtce_kernel >= 1, 'gtce_kernel', 'must be a positive integer (TCN kernel size)')
+        need(len(self.gtce_dilations) > 0 and all(d >= 1 for d in self.gtce_dilations), 'gtce_dilations',
+             'give one or more positive integers')
+        for name in ('seed', 'eval_seed'): need(getattr(self, name) >= 0, name, 'must be >= 0')
+        for name in ('gtce_dropout', 'fusion_attn_dropout', 'fusion_ffn_dropout'):
+            need(0 <= getattr(self, name) <= 1, name, 'must be a probability in [0, 1]')
+        width = BACKBONE_WIDTHS.get(self.backbone)
+        need(width is None or width % self.fusion_heads == 0, 'fusion_heads',
+             f'must divide the backbone width D = {width} of {self.backbone} (head width D / heads)')
         return self
 
     @property
@@ -329,8 +348,8 @@ def make_config(dataset:str='synthetic', # benchmark name (a key of `BENCHMARK_P
                 preset:str='paper',      # method preset (a key of `METHOD_PRESETS`)
                 **overrides) -> M2DFConfig:
     "The config of `preset` on `dataset` (and its `PRESET_CASES` entry for the shot), then `overrides` (a None sets the field to None, e.g. `pretrained=None`: random weights)."
-    if dataset not in BENCHMARK_PRESETS: raise ValueError(f'unknown dataset {dataset!r}; choose from {sorted(BENCHMARK_PRESETS)}')
-    if preset not in METHOD_PRESETS: raise ValueError(f'unknown preset {preset!r}; choose from {sorted(METHOD_PRESETS)}')
+    if dataset not in BENCHMARK_PRESETS: _fail('dataset', dataset, f'unknown benchmark; choose from {sorted(BENCHMARK_PRESETS)}')
+    if preset not in METHOD_PRESETS: _fail('preset', preset, f'unknown method preset; choose from {sorted(METHOD_PRESETS)}')
     d = {**BENCHMARK_PRESETS[dataset], **METHOD_PRESETS[preset], 'dataset': dataset}
     shot = coerce_value('shot', overrides.get('shot', d.get('shot', M2DFConfig.shot)), int)
     d.update(PRESET_CASES.get((preset, dataset, None), {}))

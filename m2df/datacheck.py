@@ -10,13 +10,15 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .config import M2DFConfig
-from .splits import SPLITS, Split, cache_root
+from .config import ConfigError
+from .splits import SPLITS, Split, cache_root, file_sha256
 from .video import VideoError, open_video, resolve_video
 from .runs import atomic_write_text
 
 # %% auto #0
 __all__ = ['DataCheckError', 'probe_video', 'file_stamp', 'ProbeCache', 'available_cores', 'probe_many', 'Problem', 'DataReport',
-           'read_split_lists', 'check_data', 'check_message', 'check_before_training', 'drop_unusable', 'main']
+           'read_split_lists', 'check_feasible', 'data_identity', 'check_data', 'check_message', 'append_data_check',
+           'data_checks', 'check_before_training', 'drop_unusable', 'main']
 
 # %% ../nbs/16_datacheck.ipynb #7fb92ed4
 class DataCheckError(RuntimeError):
@@ -160,6 +162,30 @@ def read_split_lists(cfg:M2DFConfig, splits:Sequence[str]=SPLITS) -> dict:
     from m2df.episodes import benchmark_split
     return {s: benchmark_split(cfg, s, drop=False) for s in splits}
 
+def check_feasible(cfg:M2DFConfig, lists:dict):
+    "A `ConfigError` naming the field when an episode of `cfg` cannot be drawn from the split lists `lists` ({split: Split})."
+    for s, sp in lists.items():
+        counts = [len(v) for v in sp.by_class().values()]
+        q, qname = (cfg.query, 'query') if s == 'train' else (cfg.eval_query, 'eval_query')
+        if cfg.way > len(counts):
+            raise ConfigError(f"config field 'way' = {cfg.way}: the {s} list {sp.file} has {len(counts)} classes; an episode "
+                              f"draws way distinct classes, so way must be at most {len(counts)}")
+        enough = sum(n >= cfg.shot + q for n in counts)
+        if enough < cfg.way:
+            fewest = min(counts)
+            raise ConfigError(f"config field '{qname}' = {q}: shot + {qname} = {cfg.shot} + {q} = {cfg.shot + q} videos per class are "
+                              f"drawn, but only {enough} of the {len(counts)} classes of the {s} list {sp.file} have that many "
+                              f"(fewest: {fewest}); way = {cfg.way} needs {cfg.way}. Lower {qname} or shot")
+
+def data_identity(cfg:M2DFConfig, lists:Optional[dict]=None) -> dict:
+    "What data `cfg` reads: its data root and the sha256 of each split list (and of the SSv2 labels file), for data.json."
+    from m2df.episodes import benchmark_data_root, ssv2_labels_file
+    lists = lists if lists is not None else read_split_lists(cfg)
+    files = {s: dict(file=str(Path(sp.file).resolve()), sha256=file_sha256(sp.file)) for s, sp in lists.items()}
+    if cfg.dataset == 'ssv2_full':
+        f = ssv2_labels_file(cfg); files['labels'] = dict(file=str(Path(f).resolve()), sha256=file_sha256(f))
+    return dict(dataset=cfg.dataset, data_root=str(benchmark_data_root(cfg).resolve()), files=files)
+
 def check_data(cfg:M2DFConfig,                  # dataset, data_root, splits_dir, frames, check_workers
                splits:Sequence[str]=SPLITS,     # which split lists
                progress:bool=True,              # progress bars
@@ -206,13 +232,27 @@ def check_data(cfg:M2DFConfig,                  # dataset, data_root, splits_dir
 # %% ../nbs/16_datacheck.ipynb #b6631958
 def check_message(rep:DataReport, run_dir=None) -> str:
     "The error of a failed check: what is wrong, where the full list is, and the two ways on."
-    where = f' The full list is in {Path(run_dir) / "data_check.json"}.' if run_dir else ''
+    where = f' The full list is in {Path(run_dir) / "data_check.jsonl"} (its last line).' if run_dir else ''
     return (f'{len(rep.problems)} video(s) of the {rep.dataset} split lists cannot be used.{where} Fix or add them '
             f'under data_root, or pass drop_missing=True (papermill: -p drop_missing True; command line: drop_missing=true) '
             f'to leave them out (the run folder lists what was dropped).\n' + rep.summary(first=10))
 
+def append_data_check(run_dir, record:dict):
+    "Append `record` with its time as one line of `<run_dir>/data_check.jsonl`: every check is kept, none is rewritten."
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(run_dir) / 'data_check.jsonl', 'a') as f:
+        f.write(json.dumps(dict(time=time.strftime('%Y-%m-%dT%H:%M:%S%z'), **record)) + '\n'); f.flush()
+
+def data_checks(run_dir) -> list:
+    "The data check records of a run folder, oldest first (a line cut short by a kill is skipped)."
+    f = Path(run_dir) / 'data_check.jsonl'
+    out = []
+    for line in (f.read_text().splitlines(keepends=True) if f.exists() else []):
+        if line.endswith('\n'): out.append(json.loads(line))
+    return out
+
 def check_before_training(cfg:M2DFConfig,              # dataset, data_root, splits_dir, frames, drop_missing, check_workers
-                          run_dir=None,                 # the run folder, where data_check.json is written
+                          run_dir=None,                 # the run folder: one line of data_check.jsonl per check
                           progress:bool=True,           # progress bar and the report printed
                           splits:Sequence[str]=SPLITS) -> Optional[DataReport]:  # the split lists to check
     "Check the data of `cfg` (rank 0), record it in `run_dir`; a DataCheckError unless it is clean or `drop_missing` is on."
@@ -224,10 +264,10 @@ def check_before_training(cfg:M2DFConfig,              # dataset, data_root, spl
         if run_dir is not None:
             rec = dict(rep.to_dict(), drop_missing=cfg.drop_missing,
                        dropped=[dataclasses.asdict(p) for p in rep.problems] if cfg.drop_missing else [])
-            atomic_write_text(Path(run_dir) / 'data_check.json', json.dumps(rec, indent=1))
+            append_data_check(run_dir, rec)
         if progress or (rep.problems and cfg.drop_missing): print(rep.summary())
         if rep.problems and cfg.drop_missing:
-            print(f'drop_missing=True: {len(rep.problems)} video(s) left out of the episodes (listed in data_check.json)')
+            print(f'drop_missing=True: {len(rep.problems)} video(s) left out of the episodes (listed in data_check.jsonl)')
         if rep.problems and not cfg.drop_missing: raise DataCheckError(check_message(rep, run_dir))
     if dist_on: dist.barrier()
     return rep

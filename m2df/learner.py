@@ -16,13 +16,14 @@ from .episodes import EpisodeSampler, benchmark_split, episode_loader
 from .evaluate import (FeatureCache, NonFiniteError, evaluate, finite_inputs_guard, nonfinite_parameters,
                            weights_digest)
 from .model import M2DF, m2df_loss
-from .runs import (ResumeConfigError, RunDir, atomic_write_text, check_resume_config, frozen_keys, kill_point,
-                       load_checkpoint, load_model_state, model_state, nonfinite_tensors, save_checkpoint, tensors_digest)
+from .runs import (ARCH_FIELDS, FinishedRunError, ResumeConfigError, RunDir, RunFolderError, RunLock, atomic_write_text,
+                       check_pinned_data, check_resume_config, config_mismatch, frozen_keys, kill_point, load_checkpoint,
+                       load_model_state, model_state, nonfinite_tensors, save_checkpoint, tensors_digest)
 
 # %% auto #0
 __all__ = ['CLI_WORDS', 'resolve_device', 'step_seed', 'seed_everything', 'distributed_env', 'truncate_logs',
-           'backbone_bn_training', 'set_bn_training', 'Learner', 'load_trained_model', 'parse_overrides', 'cli_config',
-           'main']
+           'backbone_bn_training', 'set_bn_training', 'Learner', 'load_trained_model', 'evaluation_record_path',
+           'parse_overrides', 'cli_config', 'main']
 
 # %% ../nbs/14_learner.ipynb #39b4e28c
 def resolve_device(cfg: M2DFConfig, local_rank: int = 0) -> torch.device:
@@ -86,25 +87,54 @@ def set_bn_training(module: torch.nn.Module, on: bool) -> int:
 class Learner:
     "Trains `M2DF` under `cfg` into `run_dir`, resuming from its last checkpoint when there is one."
     def __init__(self, cfg: M2DFConfig, run_dir,
-                 resume: bool = True,       # continue from run_dir/checkpoints/last.pt if it exists; False: start the run over
+                 resume: bool = True,       # continue from run_dir/checkpoints/last.pt if it exists; False: as restart=True
                  progress: bool = True,     # tqdm progress bars (rank 0)
-                 model: Optional[M2DF] = None):
+                 model: Optional[M2DF] = None,
+                 restart: bool = False):    # start over: the old folder is moved to <run_dir>.old-<time>, never deleted
         self.cfg, self.run, self.progress = cfg, RunDir(run_dir), progress
         if cfg.test_at and cfg.test_at[-1] > cfg.episodes:
             raise ConfigError(f'config field \'test_at\' = {cfg.test_at!r}: scoring points after the last training episode '
                               f'(episodes = {cfg.episodes}) would never be reached')
         self.rank, self.world, self.local_rank = distributed_env()
-        saved = self.run.saved_config() if resume else None   # cheap checks first: the run's own settings, then the data
+        self.restart, self.moved_to, self.lock = restart or not resume, None, None
+        from m2df.episodes import benchmark_data_root
+        from m2df.datacheck import check_feasible, read_split_lists
+        benchmark_data_root(cfg)            # missing videos: stop now, saying where to get them
+        self.lists = read_split_lists(cfg)  # a bad or missing split list or labels file: stop before the weights load
+        check_feasible(cfg, self.lists)     # way, shot + query, shot + eval_query against the lists, naming the field
+        fresh = not self.run.path.exists()
+        if self.rank == 0: self.lock = RunLock(self.run.path).acquire()   # one writer per run folder, before anything is written
+        try: self._setup(cfg, model)
+        except BaseException:
+            if fresh and self.lock is not None: self.lock.discard_if_empty()   # refused before its first record: no folder left
+            self.release(); raise
+
+    def release(self):
+        "Drop this learner's hold on the run folder's lock (the OS drops it anyway when the process ends)."
+        if self.lock is not None: self.lock.release(); self.lock = None
+
+    def _setup(self, cfg: M2DFConfig, model: Optional[M2DF]):
+        "Everything `__init__` does once the lock is held: the checks, then the model, optimiser, data and the run's records."
+        run_dir, progress = self.run.path, self.progress
+        saved = None if self.restart else self.run.saved_config()   # cheap checks first: the run's own settings, then the data
         self.changes = {}
         if saved is not None:
             try: self.changes = check_resume_config(saved, cfg, f'run_dir {str(self.run.path)!r}')
             except ResumeConfigError as e:
                 if self.rank == 0: self.run.start(cfg, cfg.seed, 'refused', error=str(e))
                 raise
-        from m2df.episodes import benchmark_data_root
-        from m2df.datacheck import check_before_training, read_split_lists
-        benchmark_data_root(cfg)            # missing videos: stop now, saying where to get them
-        read_split_lists(cfg)               # a bad or missing split list or labels file: stop before the weights load
+        if not self.restart and self.rank == 0 and not self.run.last.exists():
+            why = self.run.finished()   # a finished run that lost last.pt would otherwise start again from step 0 over its records
+            if why:
+                raise FinishedRunError(
+                    f'run_dir {str(self.run.path)!r} holds a finished run ({why}) but not checkpoints/last.pt, so it cannot '
+                    f'be resumed; nothing in it is changed. To train it again from the start pass restart=true (command '
+                    f'line restart=true, papermill -p restart True, Learner(..., restart=True)): the old folder is moved to '
+                    f'{self.run.path.name}.old-<time> beside it, never deleted. Or use another run_dir.')
+        from m2df.datacheck import check_before_training, data_identity
+        self.data = data_identity(cfg, self.lists)
+        if not self.restart: check_pinned_data(self.run.path, self.data)   # a resumption reads the lists it started with
+        if self.rank == 0 and self.restart: self.moved_to = self.lock.move_aside()
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group('nccl' if torch.cuda.is_available() and cfg.device != 'cpu' else 'gloo')
         self.device = resolve_device(cfg, self.local_rank)
@@ -133,16 +163,16 @@ class Learner:
         self.data_report = check_before_training(cfg, run_dir, progress)   # every video found and opened (or cached result)
         self.split = benchmark_split(cfg, 'train')
         self.naming = self.class_names_record()
-        if resume and self.run.last.exists(): self.load(self.run.last)
+        if not self.restart and self.run.last.exists(): self.load(self.run.last)
         self.start_step = self.step
         if self.rank == 0:
             removed = [str(f) for f in self.run.remove_stale_temporaries()]
-            if not resume: self.clear_results()
+            if not (self.run.path / 'data.json').exists(): self.run.write_json('data.json', self.data)   # pinned at the first start
             mistakes = authors_mistakes(cfg)      # a `reference` run says which of the authors' mistakes it reproduces
             if mistakes: print("this run reproduces the authors' mistakes:\n  " + '\n  '.join(mistakes), file=sys.stderr)
             self.run.start(cfg, cfg.seed, 'resumed' if saved is not None else 'started', step=self.step, removed=removed,
                            changes={k: list(ab) for k, ab in self.changes.items()}, class_names=self.naming,
-                           authors_mistakes=mistakes)
+                           authors_mistakes=mistakes, **({'moved_aside': str(self.moved_to)} if self.moved_to else {}))
             truncate_logs(self.run, self.step)   # rows of steps after the checkpoint are redone below
         if self.world > 1: dist.barrier()
 
@@ -167,11 +197,6 @@ class Learner:
         "Learning rate of optimiser step `step` (constant, or cosine decay to 0 over the run)."
         if self.cfg.schedule == 'constant': return self.cfg.lr
         return 0.5 * self.cfg.lr * (1 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps))
-
-    def clear_results(self):
-        "A run started over (resume=False): drop the checkpoints and scores of the earlier one, which no longer describe it."
-        for f in (self.run.last, self.run.best, *(self.run.path / n for n in ('test.json', 'result.json', 'env.json'))):
-            f.unlink(missing_ok=True)
 
     # ---- checkpoints
     def state(self, full: bool = True, digests=None) -> dict:
@@ -198,7 +223,7 @@ class Learner:
         bad = nonfinite_tensors(s['model'])
         if bad:
             raise NonFiniteError(f'checkpoint {path} holds non-finite weights ({len(bad)} tensors with NaN/inf, e.g. {bad[:3]}) '
-                                 f'and cannot be resumed; start the run over (resume=False) or from an earlier copy')
+                                 f'and cannot be resumed; start the run over (restart=true) or from an earlier copy')
         if s.get('world', 1) != self.world:
             raise ValueError(f'checkpoint {path} was written by a run of {s.get("world", 1)} processes; resume it with the same '
                              f'number (now {self.world}), or start a new run_dir')
@@ -323,6 +348,11 @@ class Learner:
     def fit(self, test: bool = True,          # score the test split once at the end, from the best checkpoint
             rescore: bool = False) -> dict:   # score it again even if this run finished and scored it before
         "Train to `cfg.episodes`, validating and checkpointing; then score the test split once from the best checkpoint."
+        if self.rank == 0 and self.lock is None: self.lock = RunLock(self.run.path).acquire()   # a second fit() of this learner
+        try: return self._fit(test, rescore)
+        finally: self.release()
+
+    def _fit(self, test: bool, rescore: bool) -> dict:
         cfg = self.cfg
         save_every = cfg.save_every or cfg.val_every
         it = self.batches(self.step)
@@ -382,14 +412,35 @@ def load_trained_model(checkpoint,                   # a best.pt or last.pt
     "(model in eval mode, its config, the checkpoint) of a trained run; frozen towers come from `pretrained` when the checkpoint left them out."
     state = load_checkpoint(checkpoint)
     cfg = M2DFConfig.from_dict(state['config']).replace(**overrides, **({} if device is None else dict(device=str(device))))
+    changed = config_mismatch(state['config'], cfg)   # as in training: the network a checkpoint holds keeps its shape
+    if changed:
+        what = ', '.join(f'{k} = {b!r} (trained with {a!r})' for k, (a, b) in changed.items())
+        raise ConfigError(f'checkpoint {checkpoint}: {what} would change the model it holds; the architecture fields '
+                          f'{", ".join(ARCH_FIELDS)} keep their trained values: leave them out of the overrides')
     if state.get('frozen_saved', True): cfg = cfg.replace(pretrained=None)   # every weight is in the checkpoint itself
+    run_dir = Path(checkpoint).resolve().parent.parent
+    if Path(checkpoint).resolve().parent.name == 'checkpoints' and (run_dir / 'data.json').exists():
+        pinned = json.loads((run_dir / 'data.json').read_text())
+        if pinned.get('dataset') == cfg.dataset:             # the run's own benchmark: the lists it was trained and selected on
+            from m2df.datacheck import data_identity
+            check_pinned_data(run_dir, data_identity(cfg), 'evaluating a checkpoint of')
     if check is not None: check(cfg)
     model = M2DF(cfg)
     load_model_state(model, state, checkpoint)
     return model.to(resolve_device(cfg)).eval(), cfg, state
 
+def evaluation_record_path(checkpoint,           # the checkpoint evaluated
+                           split: str,           # test | val
+                           cfg: M2DFConfig,      # the config it was evaluated with
+                           overrides: dict) -> Path:   # the fields given on top of the checkpoint's config
+    "`<run>/evaluations/eval-<split>-<checkpoint>-<way>w<shot>s[-<digest of the overrides>].json`: one name per checkpoint and overrides."
+    ckpt = Path(checkpoint)
+    run = ckpt.parent.parent if ckpt.parent.name == 'checkpoints' else ckpt.parent
+    tag = ('-' + hashlib.sha256(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:8]) if overrides else ''
+    return run / 'evaluations' / f'eval-{split}-{ckpt.stem}-{cfg.way}w{cfg.shot}s{tag}.json'
+
 # %% ../nbs/14_learner.ipynb #9094d500
-CLI_WORDS = ('run_dir', 'dataset', 'preset', 'rescore_test', 'progress')   # command-line words that are not config fields
+CLI_WORDS = ('run_dir', 'dataset', 'preset', 'rescore_test', 'progress', 'restart')   # command-line words that are not config fields
 
 def parse_overrides(args) -> dict:
     "`key=value` command-line words as {key: value string} (`none`/`null` -> None); the config converts each to its field's type."
@@ -404,7 +455,7 @@ def cli_config(args) -> tuple:
     "(config, run_dir) of command-line words; `key=none` sets the field to None."
     kw = parse_overrides(args)
     run_dir = kw.pop('run_dir', None) or 'runs/train'
-    kw.pop('rescore_test', None); kw.pop('progress', None)
+    kw.pop('rescore_test', None); kw.pop('progress', None); kw.pop('restart', None)
     cfg = make_config(kw.pop('dataset', None) or 'synthetic', kw.pop('preset', None) or 'paper', **kw)
     return cfg, run_dir
 
@@ -416,9 +467,14 @@ def main(argv=None):
         words = parse_overrides(argv)
         rescore = coerce_value('rescore_test', words.get('rescore_test') or 'false', bool)
         progress = coerce_value('progress', words.get('progress') or 'true', bool)   # progress=false: no bars
+        restart = coerce_value('restart', words.get('restart') or 'false', bool)     # restart=true: the old folder moved aside
         cfg, run_dir = cli_config(argv)
-        learner = Learner(cfg, run_dir, progress=progress)
-    except (ConfigError, FileNotFoundError, DataCheckError) as e:
+        learner = Learner(cfg, run_dir, progress=progress, restart=restart)
+    except (ConfigError, FileNotFoundError, DataCheckError, RunFolderError) as e:
+        print(f'm2df.learner: {e}', file=sys.stderr)
+        raise SystemExit(2)
+    except ValueError as e:   # a field whose value only the model build can judge (fusion_heads of an unlisted backbone)
+        if not str(e).startswith('config field'): raise
         print(f'm2df.learner: {e}', file=sys.stderr)
         raise SystemExit(2)
     res = learner.fit(rescore=rescore)

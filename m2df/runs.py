@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_runs.ipynb #8fddb26f
 from __future__ import annotations
-import csv, dataclasses, hashlib, json, os, platform, subprocess, sys, tempfile, time
+import csv, dataclasses, errno, fcntl, hashlib, json, os, platform, socket, subprocess, sys, tempfile, time
 from importlib import metadata
 from pathlib import Path
 from typing import Optional
@@ -13,10 +13,12 @@ import torch
 from .config import ConfigError, M2DFConfig
 
 # %% auto #0
-__all__ = ['PACKAGES', 'ARCH_FIELDS', 'RESUME_MAY_CHANGE', 'package_versions', 'git_commit', 'environment_record',
-           'atomic_write_text', 'RunDir', 'kill_requested', 'kill_point', 'save_checkpoint', 'config_mismatch',
-           'load_checkpoint', 'frozen_keys', 'tensors_digest', 'model_state', 'load_model_state', 'nonfinite_tensors',
-           'ResumeConfigError', 'resume_changes', 'check_resume_config']
+__all__ = ['PACKAGES', 'WRITE_FAILURES', 'ARCH_FIELDS', 'RESUME_MAY_CHANGE', 'package_versions', 'git_commit',
+           'environment_record', 'process_umask', 'temporary_beside', 'write_failure', 'atomic_write_text',
+           'write_new_text', 'RunDir', 'RunFolderError', 'RunLockedError', 'FinishedRunError', 'RunLock',
+           'DataChangedError', 'data_changes', 'check_pinned_data', 'kill_requested', 'kill_point', 'save_checkpoint',
+           'config_mismatch', 'load_checkpoint', 'frozen_keys', 'tensors_digest', 'model_state', 'load_model_state',
+           'nonfinite_tensors', 'ResumeConfigError', 'resume_changes', 'check_resume_config']
 
 # %% ../nbs/12_runs.ipynb #6acbffdb
 PACKAGES = ('torch', 'torchvision', 'open_clip_torch', 'decord', 'av', 'numpy', 'nbdev', 'papermill', 'm2df')
@@ -48,15 +50,59 @@ def environment_record(seed: int) -> dict:
                 started=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
 
 # %% ../nbs/12_runs.ipynb #fa5769a4
+def process_umask() -> int:
+    "The file-mode creation mask of this process (from /proc where it can be read without changing it)."
+    try:
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith('Umask:'): return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError): pass
+    m = os.umask(0o022); os.umask(m)
+    return m
+
+def temporary_beside(path: Path, suffix: str = '.tmp') -> tuple:
+    "(fd, name) of a new temporary file `.<name>.*.tmp` beside `path`, with the mode `open` would give it (0666 less the umask)."
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix=suffix)   # mkstemp makes it 0600
+    os.fchmod(fd, 0o666 & ~process_umask())
+    return fd, tmp
+
+WRITE_FAILURES = {errno.ENOSPC: 'no space left on device', errno.EFBIG: 'file size limit exceeded',
+                  errno.EDQUOT: 'disk quota exceeded'}
+
+def write_failure(e: BaseException, path) -> Optional[OSError]:
+    "An OSError saying why writing `path` failed (no space left, file size limit, quota) if `e` is one of those; else None."
+    err = getattr(e, 'errno', None)
+    if err not in WRITE_FAILURES: return None
+    return OSError(err, f'{WRITE_FAILURES[err]} writing {path} (the previous file, if any, is kept)')
+
 def atomic_write_text(path, text: str):
     "Write `text` to `path` so that a reader sees the old file or the new one, never a part."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    fd, tmp = temporary_beside(path)
     try:
         with os.fdopen(fd, 'w') as f: f.write(text); f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        why = write_failure(e, path)
+        if why: raise why from None
+        raise
+
+def write_new_text(path, text: str) -> Path:
+    "Write `text` to a file that does not exist yet: `path`, else `<stem>-2<suffix>`, `-3`, ...; never overwrites. The path written."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 10_000):
+        p = path if i == 1 else path.with_name(f'{path.stem}-{i}{path.suffix}')
+        try: fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError: continue
+        try:
+            with os.fdopen(fd, 'w') as f: f.write(text); f.flush(); os.fsync(f.fileno())
+        except BaseException as e:
+            p.unlink(missing_ok=True)
+            why = write_failure(e, p)
+            if why: raise why from None
+            raise
+        return p
+    raise FileExistsError(f'{path} and 9999 numbered copies exist')
 
 class RunDir:
     "The files of one run (see above); only the writing process (rank 0) should call the writers."
@@ -104,6 +150,129 @@ class RunDir:
 
     def write_json(self, name: str, record: dict): atomic_write_text(self.path / name, json.dumps(record, indent=1))
 
+    def finished(self) -> Optional[str]:
+        "Why this folder holds a finished run (its test.json or result.json, or training records reaching its episodes); None if it does not."
+        for n in ('result.json', 'test.json'):
+            if (self.path / n).exists(): return f'it holds {n}'
+        saved = self.saved_config() or {}
+        m = self.path / 'metrics.csv'
+        if saved.get('episodes') and m.exists():
+            with open(m, newline='') as fh: eps = [int(r['episode']) for r in csv.DictReader(fh) if (r.get('episode') or '').isdigit()]
+            if eps and max(eps) >= saved['episodes']: return f"its metrics.csv reaches episode {max(eps)} of {saved['episodes']}"
+        return None
+
+# %% ../nbs/12_runs.ipynb #db46cb05
+class RunFolderError(RuntimeError):
+    "A run folder cannot be written as asked (in use, finished, or started on other data); the message says why and what to do."
+
+class RunLockedError(RunFolderError):
+    "Another process holds the lock of a run folder."
+
+class FinishedRunError(RunFolderError):
+    "A finished run asked to train again without the checkpoint it would resume from (start over only with restart=true)."
+
+_HELD = {}   # resolved run folder -> [RunLock, holders in this process]
+
+def _lock_holder(fd) -> dict:
+    "The record the holder of the lock file `fd` wrote (it writes it right after locking: read for up to 1 s)."
+    for _ in range(20):
+        os.lseek(fd, 0, os.SEEK_SET)
+        raw = os.read(fd, 65536)
+        try: return json.loads(raw)
+        except ValueError: time.sleep(0.05)
+    return {}
+
+class RunLock:
+    "An exclusive advisory lock on `<run_dir>/.lock`, dropped by the OS when its process dies; `with RunLock(d):` or acquire/release."
+    def __init__(self, run_dir): self.dir = Path(run_dir); self.fd = None
+    @property
+    def file(self) -> Path: return self.dir / '.lock'
+    def _key(self) -> str: return str(self.dir.resolve())
+
+    def acquire(self) -> 'RunLock':
+        "Take the lock (creating the folder), or raise `RunLockedError` naming the process that holds it."
+        held = _HELD.get(self._key())
+        if held: held[1] += 1; self.fd = held[0].fd; return self
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.fd = self._lock(self.file)
+        _HELD[self._key()] = [self, 1]
+        return self
+
+    def _lock(self, file: Path) -> int:
+        fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o666)
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            h = _lock_holder(fd); os.close(fd)
+            who = (f"pid {h.get('pid')} on host {h.get('host')}, started {h.get('started')}: {' '.join(h.get('argv') or [])}"
+                   if h else 'a process that has not yet written its name')
+            raise RunLockedError(f'run_dir {str(self.dir)!r} is in use by another process ({who}). One process writes a run '
+                                 f'folder at a time: wait for it to end, or use another run_dir.') from None
+        except BaseException: os.close(fd); raise
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), started=time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+                                     argv=sys.argv)).encode())
+        os.fsync(fd)
+        return fd
+
+    def release(self):
+        "Drop this holder; the lock itself goes with the last one of this process."
+        held = _HELD.get(self._key())
+        if not held: return
+        held[1] -= 1
+        if held[1] <= 0:
+            del _HELD[self._key()]
+            fcntl.flock(held[0].fd, fcntl.LOCK_UN); os.close(held[0].fd)
+
+    def move_aside(self) -> Optional[Path]:
+        "With the lock held: rename the run folder to `<run_dir>.old-<time>` (never deleting it) and lock a fresh one; the new name."
+        held = _HELD[self._key()][0]
+        if not any(p.name != '.lock' for p in self.dir.iterdir()): return None   # nothing to keep
+        stamp = time.strftime('%Y%m%d-%H%M%S')
+        dest = self.dir.with_name(f'{self.dir.name}.old-{stamp}')
+        i = 1
+        while dest.exists(): i += 1; dest = self.dir.with_name(f'{self.dir.name}.old-{stamp}-{i}')
+        old_fd = held.fd
+        os.rename(self.dir, dest)
+        self.dir.mkdir()
+        held.fd = self.fd = self._lock(self.file)
+        fcntl.flock(old_fd, fcntl.LOCK_UN); os.close(old_fd)
+        return dest
+
+    def discard_if_empty(self):
+        "With the lock held: remove the folder if it holds nothing but the lock file (a start refused before its first record)."
+        if self.dir.is_dir() and [p.name for p in self.dir.iterdir()] == ['.lock']:
+            self.file.unlink(missing_ok=True)
+            try: self.dir.rmdir()
+            except OSError: pass
+
+    def __enter__(self): return self.acquire()
+    def __exit__(self, *exc): self.release()
+
+# %% ../nbs/12_runs.ipynb #6d553a77
+class DataChangedError(RunFolderError):
+    "The split lists (or labels file) a run would read now differ in content from those it was started with."
+
+def data_changes(pinned: dict, now: dict) -> list:
+    "One sentence per list file whose content differs between the data record `pinned` (data.json) and `now`."
+    out = []
+    for name, was in pinned.get('files', {}).items():
+        cur = now.get('files', {}).get(name)
+        if cur is None: out.append(f"the {name} list {was['file']} is not read now"); continue
+        if cur['sha256'] != was['sha256']:
+            out.append(f"{cur['file']} ({name}) differs in content from {was['file']} read at the first start "
+                       f"(sha256 {was['sha256'][:12]}... then, {cur['sha256'][:12]}... now)")
+    return out
+
+def check_pinned_data(run_dir, now: dict, what: str = 'resuming'):
+    "Refuse (`DataChangedError`, naming the file) when the data record `now` differs in content from the run's data.json."
+    f = Path(run_dir) / 'data.json'
+    if not f.exists(): return
+    diff = data_changes(json.loads(f.read_text()), now)
+    if diff:
+        raise DataChangedError(f'{what} run_dir {str(run_dir)!r} on other data: ' + '; '.join(diff) + '. A run keeps the data '
+                               f'it was started with (recorded in {f}): point splits_dir/data_root at those lists, or start '
+                               f'over with restart=true (the old folder is kept) or another run_dir.')
+
 # %% ../nbs/12_runs.ipynb #ddbd165a
 ARCH_FIELDS = ('backbone', 'use_pps', 'views', 'gtce_dilations', 'gtce_kernel', 'fusion_depth', 'fusion_heads', 'fusion_ffn',
                'frames', 'matching')
@@ -119,23 +288,37 @@ def kill_point(*where):
         import signal
         os.kill(os.getpid(), signal.SIGKILL)
 
+class _WriteRecorder:
+    "A binary file that remembers the OSError its write raised (torch.save reports it as 'enforce fail at inline_container')."
+    def __init__(self, f): self.f, self.error = f, None
+    def write(self, b):
+        try: return self.f.write(b)
+        except OSError as e: self.error = e; raise
+    def flush(self): self.f.flush()
+    def fileno(self) -> int: return self.f.fileno()
+
 def save_checkpoint(path, state: dict):
-    "Atomically `torch.save` `state` (tensors, numbers, strings, lists and dicts only) to `path`."
+    "Atomically `torch.save` `state` (tensors, numbers, strings, lists and dicts only) to `path`; a full disk keeps the old file."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    fd, tmp = temporary_beside(path)
+    rec = None
     try:
         with os.fdopen(fd, 'wb') as f:
+            rec = _WriteRecorder(f)
             if kill_requested('save', path.name, state.get('step')):   # a test kills this save half-way: write half, die
                 import io
                 buf = io.BytesIO(); torch.save(state, buf); data = buf.getvalue()
                 f.write(data[:len(data) // 2]); f.flush(); os.fsync(f.fileno())
                 kill_point('save', path.name, state.get('step'))
                 f.write(data[len(data) // 2:])
-            else: torch.save(state, f)
+            else: torch.save(state, rec)
             f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        why = write_failure(rec.error if rec is not None and rec.error is not None else e, path)
+        if why: raise why from None
+        raise
 
 def config_mismatch(saved: dict, cfg: M2DFConfig, fields=ARCH_FIELDS) -> dict:
     "The architecture fields on which a saved config differs from `cfg`: {field: (saved, now)}."

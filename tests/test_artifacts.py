@@ -112,7 +112,7 @@ DRIVERS = ('train', 'evaluate', 'tables', 'tsne', 'lambda_sweep')
 
 def test_train_notebook_takes_every_variant():
     "Every variant's config maps onto parameters of nbs/train.ipynb: its changed config fields, under their own names."
-    assert set(notebook_parameters(TRAIN_NB)) == {'dataset', 'preset', 'run_dir'}   # config fields are not declared
+    assert set(notebook_parameters(TRAIN_NB)) == {'dataset', 'preset', 'run_dir', 'restart'}   # config fields are not declared
     for v in VARIANTS.values():
         cfg = v.config('synthetic', **budget_overrides('synthetic', lam=0.5, gtce_kernel=5, flip=True))
         p = train_notebook_parameters(cfg, v.preset)

@@ -54,7 +54,8 @@ def test_torchrun_two_ranks_on_cpu(tmp_path):
         assert abs(acc * queries / 100 - round(acc * queries / 100)) < 1e-6, f'acc {acc} is not k/{queries}'
     assert len((run / 'val.jsonl').read_text().splitlines()) == 1
     assert sorted(f.name for f in run.iterdir() if f.is_file()) == \
-        ['attempts.jsonl', 'config.json', 'data_check.json', 'env.json', 'metrics.csv', 'result.json', 'test.json', 'val.jsonl']
+        ['.lock', 'attempts.jsonl', 'config.json', 'data.json', 'data_check.jsonl', 'env.json', 'metrics.csv', 'result.json',
+         'test.json', 'val.jsonl']
     assert [json.loads(l)['outcome'] for l in (run / 'attempts.jsonl').read_text().splitlines()] == ['started']
     # each rank's chained episode digest is in the last checkpoint, so that a resumed run continues it
     assert state['episode_digests'] == d and 'optimizer' in state

@@ -131,7 +131,7 @@ def test_frozen_backbone_features_persist_under_the_run_dir(tmp_path, encode_cal
     encode_calls.clear()
     assert first.validate()['val_accuracy'] >= 0 and encode_calls == []
     # a new learner on the same run folder (a new process) reads them from disk
-    second = Learner(cfg, tmp_path / 'run', resume=False, progress=False)
+    second = Learner(cfg, tmp_path / 'run', progress=False)
     r2 = second.validate()
     assert encode_calls == [] and r2['val_accuracy'] == r1['val_accuracy']
 

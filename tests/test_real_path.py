@@ -13,7 +13,7 @@ import pytest
 
 from conftest import real_splits_dir
 from m2df.config import make_config
-from m2df.datacheck import check_data
+from m2df.datacheck import check_data, data_checks
 from m2df.episodes import benchmark_split
 from m2df.prepare import prepare_video
 from m2df.splits import BENCHMARKS, SPLITS, SSV2_LABELS, class_key, parse_split_lines
@@ -152,10 +152,10 @@ def test_train_stops_with_the_report_without_drop_missing(roots, tmp_path):
         papermill('train', tmp_path / 'train.ipynb', **data_params(r), **TINY, run_dir=str(tmp_path / 'run'))
     assert e.value.ename == 'DataCheckError', e.value.ename
     for part in ('1 video(s) of the kinetics100 split lists cannot be used', f"missing: {r['missing']!r}",
-                 'drop_missing=True', str(tmp_path / 'run' / 'data_check.json')):
+                 'drop_missing=True', str(tmp_path / 'run' / 'data_check.jsonl')):
         assert part in e.value.evalue, (part, e.value.evalue)
     assert not (tmp_path / 'run' / 'checkpoints').exists()                      # stopped before the first episode
-    rec = json.loads((tmp_path / 'run' / 'data_check.json').read_text())
+    (rec,) = data_checks(tmp_path / 'run')
     assert [p['video'] for p in rec['problems']] == [r['missing']] and rec['dropped'] == []
 
 
@@ -167,7 +167,7 @@ def test_train_then_evaluate(roots, tmp_path, bench):
     papermill('train', tmp_path / 'train.ipynb', **data_params(r), **TINY, drop_missing=True, run_dir=str(run))
     cfg = json.loads((run / 'config.json').read_text())
     assert (cfg['dataset'], cfg['backbone'], cfg['pretrained'], cfg['frames'], cfg['drop_missing']) == (bench, 'm2df-tiny-vit', None, 4, True)
-    rec = json.loads((run / 'data_check.json').read_text())
+    (rec,) = data_checks(run)
     assert [(p['split'], p['video'], p['kind']) for p in rec['dropped']] == [('train', r['missing'], 'missing')]
     test = json.loads((run / 'test.json').read_text())
     assert test['episodes'] == 3 and 0 <= test['accuracy'] <= 100
