@@ -200,8 +200,9 @@ class RunLock:
 
     def _lock(self, file: Path) -> int:
         fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o666)
-        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        try: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)   # a POSIX record lock: forked DataLoader workers never inherit it
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN): os.close(fd); raise
             h = _lock_holder(fd); os.close(fd)
             who = (f"pid {h.get('pid')} on host {h.get('host')}, started {h.get('started')}: {' '.join(h.get('argv') or [])}"
                    if h else 'a process that has not yet written its name')
@@ -221,7 +222,7 @@ class RunLock:
         held[1] -= 1
         if held[1] <= 0:
             del _HELD[self._key()]
-            fcntl.flock(held[0].fd, fcntl.LOCK_UN); os.close(held[0].fd)
+            fcntl.lockf(held[0].fd, fcntl.LOCK_UN); os.close(held[0].fd)
 
     def move_aside(self) -> Optional[Path]:
         "With the lock held: rename the run folder to `<run_dir>.old-<time>` (never deleting it) and lock a fresh one; the new name."
@@ -235,7 +236,7 @@ class RunLock:
         os.rename(self.dir, dest)
         self.dir.mkdir()
         held.fd = self.fd = self._lock(self.file)
-        fcntl.flock(old_fd, fcntl.LOCK_UN); os.close(old_fd)
+        fcntl.lockf(old_fd, fcntl.LOCK_UN); os.close(old_fd)
         return dest
 
     def discard_if_empty(self):

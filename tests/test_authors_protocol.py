@@ -262,5 +262,6 @@ def test_short_videos_are_listed_not_silently_dropped(tmp_path):
     with pytest.raises(DataCheckError, match='fewer than T = 20'):
         check_before_training(cfg, tmp_path / 'stop', progress=False)
     check_before_training(cfg.replace(drop_missing=True), tmp_path / 'drop', progress=False)
-    rec = json.loads((tmp_path / 'drop' / 'data_check.json').read_text())
+    from m2df.datacheck import data_checks
+    (rec,) = data_checks(tmp_path / 'drop')
     assert {(p['split'], p['video']) for p in rec['dropped']} == short and {p['kind'] for p in rec['dropped']} == {'short'}

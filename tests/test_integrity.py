@@ -364,3 +364,24 @@ def test_run_files_follow_the_umask(tmp_path, umask, mode):
     finally:
         os.umask(old)
     assert {f.name: oct(f.stat().st_mode & 0o777) for f in made} == {f.name: oct(mode) for f in made}
+
+
+def test_the_lock_goes_with_a_killed_holder_whose_forked_children_live_on(tmp_path):
+    "A holder that forked a child (as DataLoader workers are forked) and is then SIGKILLed leaves the lock free while the child lives."
+    d = tmp_path / 'run'
+    code = (f'import os, time; from m2df.runs import RunLock; RunLock({str(d)!r}).acquire()\n'
+            'pid = os.fork()\n'
+            'if pid == 0: time.sleep(600); os._exit(0)\n'
+            'print(pid, flush=True); time.sleep(600)')
+    holder = subprocess.Popen([sys.executable, '-c', code], env=child_env(), stdout=subprocess.PIPE, text=True)
+    child = int(holder.stdout.readline())
+    try:
+        with pytest.raises(RunLockedError): RunLock(d).acquire()
+        holder.send_signal(signal.SIGKILL); holder.wait()
+        os.kill(child, 0)                       # the forked child is still alive
+        with RunLock(d): pass                   # and the lock went with its parent (a flock would still be held here)
+    finally:
+        for pid in (child,):
+            try: os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError: pass
+        holder.stdout.close()
