@@ -262,8 +262,8 @@ def prepare_benchmark(benchmark:str,            # ucf101 | hmdb51 | kinetics100 
 
 def _ssv2_full_split(split, splits_dir):
     "SSv2-Full lines only (the class names need the labels file, which preparation does not)."
-    from m2df.splits import Split, parse_split_lines, find_split_file, fetch_splits, VideoRecord
-    file = find_split_file('ssv2_full', split, splits_dir if splits_dir else fetch_splits('ssv2_full'))
+    from m2df.splits import Split, parse_split_lines, find_split_file, fetch_splits, packaged_splits_dir, VideoRecord
+    file = find_split_file('ssv2_full', split, splits_dir or packaged_splits_dir('ssv2_full') or fetch_splits('ssv2_full'))
     rows = parse_split_lines(file.read_text(encoding='utf-8'), file)
     return Split('ssv2_full', split, str(file), [], [], [VideoRecord(rel, 0, line) for _, rel, line in rows])
 
