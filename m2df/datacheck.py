@@ -244,6 +244,8 @@ def main(argv=None) -> int:
     import sys
     from m2df.learner import parse_overrides
     from m2df.artifacts import config_with
+    if argv is None: argv = sys.argv[1:]
+    if argv and argv[0] in ('-h', '--help'): from m2df.cli import main as cli; return cli(['check', '--help'])
     kw = parse_overrides(sys.argv[1:] if argv is None else argv)
     cfg = config_with(kw.pop('dataset', 'synthetic'), kw.pop('preset', 'paper'), kw)
     rep = check_data(cfg)

@@ -337,6 +337,7 @@ def main(argv=None):
     "Entry point of `python -m m2df.learner` and `torchrun -m m2df.learner`; a bad setting prints its message and exits with 2."
     from m2df.datacheck import DataCheckError
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ('-h', '--help'): from m2df.cli import main as cli; return cli(['train', '--help'])
     try:
         words = parse_overrides(argv)
         rescore = coerce_value('rescore_test', words.get('rescore_test') or 'false', bool)

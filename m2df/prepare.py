@@ -268,9 +268,10 @@ def _ssv2_full_split(split, splits_dir):
     return Split('ssv2_full', split, str(file), [], [], [VideoRecord(rel, 0, line) for _, rel, line in rows])
 
 # %% ../nbs/17_prepare.ipynb #9b936c11
-def main(argv=None):
-    "`python -m m2df.prepare <benchmark> <source folder> <destination folder> [options]`."
-    p = argparse.ArgumentParser(prog='python -m m2df.prepare', description=
+def main(argv=None, parser=None, prog='m2df prepare'):
+    "`python -m m2df.prepare <benchmark> <source folder> <destination folder> [options]` (an alias of `m2df prepare`)."
+    if parser is None: from m2df.cli import main as cli; return cli(['prepare', *(sys.argv[1:] if argv is None else argv)])
+    p = parser(prog=prog, description=
         'Prepare the videos of a few-shot benchmark\'s split lists: frame folders (the authors\' layout, default) or '
         'short-side-256 H.264 videos, on all cores, resumable. The destination is the data_root of training.')
     p.add_argument('benchmark', choices=sorted(b for b in BENCHMARKS if b != 'synthetic'))
@@ -280,7 +281,7 @@ def main(argv=None):
     p.add_argument('--short-side', type=int, default=256)
     p.add_argument('--quality', type=int, default=90, help='JPEG quality of the frames')
     p.add_argument('--crf', type=int, default=20, help='H.264 constant rate factor of the videos')
-    p.add_argument('--splits-dir', default=None, help='folder of the split lists (default: the checksummed download)')
+    p.add_argument('--splits-dir', default=None, help='folder of the split lists (default: the lists shipped in the package)')
     p.add_argument('--workers', type=int, default=0, help='processes (default: every core)')
     p.add_argument('--limit', type=int, default=None, help='only the first N lines of each split (a trial run)')
     a = p.parse_args(argv)
