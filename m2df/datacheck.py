@@ -84,7 +84,7 @@ def probe_many(paths:Sequence[str],         # video files or frame folders
     workers = min(workers or available_cores(), max(1, len(paths)))
     bar = None
     if progress and paths:
-        from tqdm.auto import tqdm
+        from m2df.progress import progress_bar as tqdm
         bar = tqdm(total=len(paths), desc=desc, unit='video')
     try:
         if workers <= 1 or len(paths) < 16:

@@ -257,7 +257,7 @@ class Learner:
         it = self.batches(self.step)
         bar = None
         if self.progress and self.rank == 0:
-            from tqdm.auto import tqdm
+            from m2df.progress import progress_bar as tqdm
             bar = tqdm(total=self.total_steps * self.per_step, initial=self.episode, desc='training episodes')
         t0 = time.time() - self.elapsed
         while self.step < self.total_steps:

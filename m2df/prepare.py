@@ -233,7 +233,7 @@ def prepare_benchmark(benchmark:str,            # ucf101 | hmdb51 | kinetics100 
     workers = min(workers or available_cores(), max(1, len(tasks)))
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from m2df.progress import progress_bar as tqdm
         bar = tqdm(total=len(tasks), desc=f'preparing {benchmark} ({mode})', unit='video')
     args = [(t, mode, short_side, quality, crf) for t in tasks]
     out = []
