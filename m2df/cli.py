@@ -245,6 +245,9 @@ def run_command(cmd:str, p:argparse.ArgumentParser, argv:list):
         return check_main(as_words(kw))
     if cmd == 'evaluate':
         if not kw.get('checkpoint'): raise UsageError('m2df evaluate: error: checkpoint=<best.pt or last.pt> is required')
+        from m2df.config import M2DFConfig, coerce_value
+        hints, defaults = typing.get_type_hints(M2DFConfig), {f.name: f.default for f in dataclasses.fields(M2DFConfig)}
+        for k in [k for k in kw if k in hints]: coerce_value(k, kw[k], hints[k], defaults[k])   # a bad value before the checkpoint is read
         r, out = evaluate_checkpoint(kw.pop('checkpoint'), kw.pop('split', None) or 'test', kw.pop('out', None),
                                      _bool('progress', kw.pop('progress', None)), **kw)
         print(f"{r.get('dataset', '')} {r.get('split', '')}: accuracy {r['accuracy']:.2f} ± {r['ci95']:.2f} "

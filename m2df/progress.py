@@ -4,7 +4,8 @@
 
 # %% ../nbs/25_progress.ipynb #4783520a
 from __future__ import annotations
-import sys, time
+import sys, time, warnings
+warnings.filterwarnings('ignore', message='IProgress not found')   # tqdm.auto in a kernel without ipywidgets
 
 # %% auto #0
 __all__ = ['PlainProgress', 'progress_bar']
@@ -19,10 +20,11 @@ class PlainProgress:
                  file=None,                 # stream the lines go to (default sys.stderr)
                  every:float=60.,           # seconds between lines when the total is unknown
                  parts:int=10,              # summaries per run: one each time another 1/parts of the total is done
+                 min_interval:float=10.,    # seconds at least between two summaries
                  leave:bool=True, **_):     # other tqdm arguments are accepted and ignored
         if total is None and iterable is not None and hasattr(iterable, '__len__'): total = len(iterable)
         self.iterable, self.total, self.desc, self.unit, self.n = iterable, total, desc, unit, initial
-        self.file, self.every, self.parts, self.postfix, self.closed = file, every, parts, {}, False
+        self.file, self.every, self.parts, self.min_interval, self.postfix, self.closed = file, every, parts, min_interval, {}, False
         self.t0 = self._last_t = time.time(); self._last_part = self._part(initial)
         self._print(f'start' + (f', {initial}/{total} {unit} already done' if initial else f', {total} {unit}' if total else ''))
 
@@ -40,7 +42,8 @@ class PlainProgress:
         self.n += n
         if self.total:
             part = self._part(self.n)
-            if part > self._last_part and self.n < self.total: self._last_part = part; self._print(self._summary())
+            if part > self._last_part and self.n < self.total and time.time() - self._last_t >= self.min_interval:
+                self._last_part, self._last_t = part, time.time(); self._print(self._summary())
         elif time.time() - self._last_t >= self.every: self._last_t = time.time(); self._print(self._summary())
 
     def set_postfix(self, **kw): self.postfix = {k: v for k, v in kw.items()}
