@@ -198,6 +198,8 @@ def evaluate_checkpoint(checkpoint,          # a best.pt / last.pt written by tr
     model, cfg, state = load_trained_model(checkpoint, check=lambda c: check_before_training(c, splits=[split]), **overrides)
     r = evaluate(model, cfg, split, progress=progress)
     r['checkpoint'] = str(checkpoint)
+    for k in ('dataset', 'way', 'shot'): r.setdefault(k, getattr(cfg, k))
+    r.setdefault('split', split)
     out = Path(out) if out else Path(checkpoint).parent.parent / f'eval-{split}-{cfg.way}w{cfg.shot}s.json'
     atomic_write_text(out, json.dumps(r, indent=1))
     return r, out
@@ -213,6 +215,10 @@ def train_karmma(role:str='teacher', scale=None, run_dir=None, teacher=None, pro
         raise UsageError(f"m2df karmma: error: dataset={dataset!r}: the real datasets need their annotations and boxes; run "
                          f"papermill nbs/karmma.ipynb runs/karmma.ipynb -p dataset {dataset} -p data_root ... -p annotations ...")
     if role == 'student' and not teacher: raise UsageError('m2df karmma: error: role=student distils: pass teacher=<the teacher run\'s last.pt>')
+    from m2df.config import coerce_value
+    from m2df.karmma.model import KarmmaConfig
+    hints, defaults = typing.get_type_hints(KarmmaConfig), {f.name: f.default for f in dataclasses.fields(KarmmaConfig)}
+    fields = {k: v if v is None else coerce_value(k, v, hints[k], defaults[k]) for k, v in fields.items()}   # words are strings
     cfg = make_karmma_config(dataset, role, scale, **fields)
     root = Path(cfg.data_root) if cfg.data_root else karmma_synthetic_root()
     kw = dict(modalities=cfg.modalities, frames=cfg.frames, size=cfg.size, seed=cfg.seed, rgb_norm=cfg.rgb_statistics)
@@ -250,7 +256,7 @@ def run_command(cmd:str, p:argparse.ArgumentParser, argv:list):
         for k in [k for k in kw if k in hints]: coerce_value(k, kw[k], hints[k], defaults[k])   # a bad value before the checkpoint is read
         r, out = evaluate_checkpoint(kw.pop('checkpoint'), kw.pop('split', None) or 'test', kw.pop('out', None),
                                      _bool('progress', kw.pop('progress', None)), **kw)
-        print(f"{r.get('dataset', '')} {r.get('split', '')}: accuracy {r['accuracy']:.2f} ± {r['ci95']:.2f} "
+        print(f"{r['dataset']} {r['split']}: {r['way']}-way {r['shot']}-shot accuracy {r['accuracy']:.2f} ± {r['ci95']:.2f} "
               f"(95% CI over {r['episodes']} episodes) -> {out}")
         return 0
     if cmd == 'karmma':
