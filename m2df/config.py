@@ -53,7 +53,7 @@ class M2DFConfig:
     # --- data
     dataset: str = 'synthetic'            # benchmark: synthetic, ucf101, hmdb51, kinetics100, ssv2_small, ssv2_full
     data_root: Optional[str] = None       # folder of class folders of videos; synthetic: generated into a cache if None
-    splits_dir: Optional[str] = None      # folder holding train/val/test lists; None: the package's checksummed cache
+    splits_dir: Optional[str] = None      # folder holding train/val/test lists; None: the lists shipped in the package
     frames: int = 8                       # T, frames sampled per video
     resize: int = 256                     # shorter side is resized to this before cropping
     crop: int = 224                       # square crop side (random in training, centre in evaluation)

@@ -86,7 +86,7 @@ def probe_many(paths:Sequence[str],         # video files or frame folders
     workers = min(workers or available_cores(), max(1, len(paths)))
     bar = None
     if progress and paths:
-        from tqdm.auto import tqdm
+        from m2df.progress import progress_bar as tqdm
         bar = tqdm(total=len(paths), desc=desc, unit='video')
     try:
         if workers <= 1 or len(paths) < 16:
@@ -284,6 +284,8 @@ def main(argv=None) -> int:
     import sys
     from m2df.learner import parse_overrides
     from m2df.artifacts import config_with
+    if argv is None: argv = sys.argv[1:]
+    if argv and argv[0] in ('-h', '--help'): from m2df.cli import main as cli; return cli(['check', '--help'])
     kw = parse_overrides(sys.argv[1:] if argv is None else argv)
     cfg = config_with(kw.pop('dataset', 'synthetic'), kw.pop('preset', 'paper'), kw)
     rep = check_data(cfg)

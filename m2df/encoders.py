@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 import torch
 import torch.nn as nn
+import m2df.progress   # first: silences tqdm.auto's ipywidgets warning (open_clip imports it)
 import open_clip
 from open_clip import pretrained as oc_pretrained
 from open_clip.constants import HF_WEIGHTS_NAME, HF_SAFE_WEIGHTS_NAME

@@ -63,7 +63,7 @@ def encode_videos(model, records, cfg: M2DFConfig, batch_size: int = 16, device=
     feats = {}
     it = dl
     if progress:
-        from tqdm.auto import tqdm; it = tqdm(dl, desc='encoding videos', leave=False)
+        from m2df.progress import progress_bar as tqdm; it = tqdm(dl, desc='encoding videos', leave=False)
     amp = torch.autocast('cuda', dtype=getattr(torch, cfg.amp_dtype)) if device.type == 'cuda' and cfg.amp else nullcontext()
     for x, paths in it:
         with amp: f = model.encode(x.to(device, non_blocking=True)).float().cpu()
@@ -229,7 +229,7 @@ def evaluate(model, cfg: M2DFConfig,
                          support_labels=torch.as_tensor(s.support_labels), query_labels=torch.as_tensor(s.query_labels),
                          class_ids=torch.as_tensor(s.class_ids), index=s.index) for s in specs)
     if progress:
-        from tqdm.auto import tqdm; episodes = tqdm(episodes, total=n_episodes, desc=f'{split} episodes', leave=False)
+        from m2df.progress import progress_bar as tqdm; episodes = tqdm(episodes, total=n_episodes, desc=f'{split} episodes', leave=False)
     indices = []
     where = lambda i=0: f'{split} episode {indices[i]}'
     with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []), finite_inputs_guard(model, where):

@@ -358,7 +358,7 @@ class Learner:
         it = self.batches(self.step)
         bar = None
         if self.progress and self.rank == 0:
-            from tqdm.auto import tqdm
+            from m2df.progress import progress_bar as tqdm
             bar = tqdm(total=self.total_steps * self.per_step, initial=self.episode, desc='training episodes')
         t0 = time.time() - self.elapsed
         while self.step < self.total_steps:
@@ -463,6 +463,7 @@ def main(argv=None):
     "Entry point of `python -m m2df.learner` and `torchrun -m m2df.learner`; a bad setting prints its message and exits with 2."
     from m2df.datacheck import DataCheckError
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ('-h', '--help'): from m2df.cli import main as cli; return cli(['train', '--help'])
     try:
         words = parse_overrides(argv)
         rescore = coerce_value('rescore_test', words.get('rescore_test') or 'false', bool)

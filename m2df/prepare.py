@@ -233,7 +233,7 @@ def prepare_benchmark(benchmark:str,            # ucf101 | hmdb51 | kinetics100 
     workers = min(workers or available_cores(), max(1, len(tasks)))
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from m2df.progress import progress_bar as tqdm
         bar = tqdm(total=len(tasks), desc=f'preparing {benchmark} ({mode})', unit='video')
     args = [(t, mode, short_side, quality, crf) for t in tasks]
     out = []
@@ -262,15 +262,16 @@ def prepare_benchmark(benchmark:str,            # ucf101 | hmdb51 | kinetics100 
 
 def _ssv2_full_split(split, splits_dir):
     "SSv2-Full lines only (the class names need the labels file, which preparation does not)."
-    from m2df.splits import Split, parse_split_lines, find_split_file, fetch_splits, VideoRecord
-    file = find_split_file('ssv2_full', split, splits_dir if splits_dir else fetch_splits('ssv2_full'))
+    from m2df.splits import Split, parse_split_lines, find_split_file, fetch_splits, packaged_splits_dir, VideoRecord
+    file = find_split_file('ssv2_full', split, splits_dir or packaged_splits_dir('ssv2_full') or fetch_splits('ssv2_full'))
     rows = parse_split_lines(file.read_text(encoding='utf-8'), file)
     return Split('ssv2_full', split, str(file), [], [], [VideoRecord(rel, 0, line) for _, rel, line in rows])
 
 # %% ../nbs/17_prepare.ipynb #9b936c11
-def main(argv=None):
-    "`python -m m2df.prepare <benchmark> <source folder> <destination folder> [options]`."
-    p = argparse.ArgumentParser(prog='python -m m2df.prepare', description=
+def main(argv=None, parser=None, prog='m2df prepare'):
+    "`python -m m2df.prepare <benchmark> <source folder> <destination folder> [options]` (an alias of `m2df prepare`)."
+    if parser is None: from m2df.cli import main as cli; return cli(['prepare', *(sys.argv[1:] if argv is None else argv)])
+    p = parser(prog=prog, description=
         'Prepare the videos of a few-shot benchmark\'s split lists: frame folders (the authors\' layout, default) or '
         'short-side-256 H.264 videos, on all cores, resumable. The destination is the data_root of training.')
     p.add_argument('benchmark', choices=sorted(b for b in BENCHMARKS if b != 'synthetic'))
@@ -280,7 +281,7 @@ def main(argv=None):
     p.add_argument('--short-side', type=int, default=256)
     p.add_argument('--quality', type=int, default=90, help='JPEG quality of the frames')
     p.add_argument('--crf', type=int, default=20, help='H.264 constant rate factor of the videos')
-    p.add_argument('--splits-dir', default=None, help='folder of the split lists (default: the checksummed download)')
+    p.add_argument('--splits-dir', default=None, help='folder of the split lists (default: the lists shipped in the package)')
     p.add_argument('--workers', type=int, default=0, help='processes (default: every core)')
     p.add_argument('--limit', type=int, default=None, help='only the first N lines of each split (a trial run)')
     a = p.parse_args(argv)

@@ -13,9 +13,9 @@ from typing import NamedTuple, Optional
 __all__ = ['SOURCE_REPO', 'SOURCE_COMMIT', 'SOURCE_URL', 'SPLITS', 'NAMINGS', 'SSV2_LABELS', 'BENCHMARKS', 'AUTHORS_NAMES_FILE',
            'SplitError', 'Benchmark', 'get_benchmark', 'parse_split_lines', 'class_key', 'sort_class_keys',
            'camel_to_words', 'read_ssv2_labels', 'class_names', 'VideoRecord', 'Split', 'cache_root', 'file_sha256',
-           'fetch_splits', 'find_split_file', 'find_ssv2_labels', 'video_key', 'read_split_file', 'lookup_key',
-           'check_unique_lines', 'check_disjoint_splits', 'authors_yaml_names', 'authors_name_list', 'set_positions',
-           'own_names', 'authors_class_names', 'load_split']
+           'fetch_splits', 'find_split_file', 'packaged_splits_dir', 'find_ssv2_labels', 'video_key', 'read_split_file',
+           'lookup_key', 'check_unique_lines', 'check_disjoint_splits', 'authors_yaml_names', 'authors_name_list',
+           'set_positions', 'own_names', 'authors_class_names', 'load_split']
 
 # %% ../nbs/01_splits.ipynb #47768ad7
 SOURCE_REPO = 'cofly2014/CLIP-MDMF'                      # the CLIP-M²DF authors' code, source of the split lists
@@ -248,6 +248,24 @@ def find_split_file(benchmark:str, split:str, splits_dir:str|Path) -> Path:
         if c.is_file(): return c
     raise FileNotFoundError(f'no {split} list for {benchmark}: none of {[str(c) for c in cands]} exists')
 
+# %% ../nbs/01_splits.ipynb #533175db
+def packaged_splits_dir(benchmark:str  # a key of BENCHMARKS
+                       ) -> Path|None:
+    "The package's folder of split lists if it holds every list of `benchmark`, each checked by sha256; else None."
+    from importlib import resources
+    b = get_benchmark(benchmark)
+    folder = Path(str(resources.files('m2df')))/'data'/'splits'
+    files = {s: folder/b.name/f'{s}.txt' for s in b.sha256}
+    if not files or not all(f.is_file() for f in files.values()): return None
+    for s, f in files.items():
+        if (got := _verified_sha256(str(f), f.stat().st_mtime_ns, f.stat().st_size)) != b.sha256[s]:
+            raise SplitError(f'{f}: sha256 {got}, but the {b.name} {s} list is pinned at {b.sha256[s]}; '
+                             f'the packaged list was altered: reinstall m2df, or pass splits_dir=<folder with the lists>')
+    return folder
+
+@functools.lru_cache(maxsize=64)
+def _verified_sha256(file:str, mtime_ns:int, size:int) -> str: return file_sha256(file)
+
 # %% ../nbs/01_splits.ipynb #f4c7b0d8
 def find_ssv2_labels(labels_json=None, data_root=None, split_file=None) -> Path:
     "The SSv2 labels file: `labels_json` if given, else the first existing standard location."
@@ -381,7 +399,7 @@ def authors_class_names(bench:Benchmark, split:str, classes:list[str], clean:lis
 # %% ../nbs/01_splits.ipynb #6cb1b87d
 def load_split(benchmark:str,                  # a key of BENCHMARKS
                split:str,                      # train | val | test
-               splits_dir:str|Path|None=None,  # folder with <split>.txt or <benchmark>/<split>.txt; None: cache/download
+               splits_dir:str|Path|None=None,  # folder with <split>.txt or <benchmark>/<split>.txt; None: the packaged lists
                cache_dir:str|Path|None=None,   # download cache (see fetch_splits)
                labels_json:str|Path|None=None, # ssv2_full: something-something-v2-labels.json
                data_root:str|Path|None=None,   # ssv2_full: the videos' folder, where labels_json is looked for
@@ -395,7 +413,7 @@ def load_split(benchmark:str,                  # a key of BENCHMARKS
         if b.name == 'synthetic':
             from m2df.synthetic import synthetic_root
             splits_dir = synthetic_root()/'splits'
-        else: splits_dir = fetch_splits(b.name, cache_dir)
+        else: splits_dir = packaged_splits_dir(b.name) or fetch_splits(b.name, cache_dir)
     file = find_split_file(b.name, split, splits_dir)
     data, rows, keys = read_split_file(file, b)
     check_disjoint_splits(b, split, file, splits_dir)

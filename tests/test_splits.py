@@ -6,7 +6,8 @@ import pytest
 
 from conftest import real_splits_dir
 
-from m2df.splits import (BENCHMARKS, SPLITS, SSV2_LABELS, SplitError, VideoRecord, fetch_splits, file_sha256,
+import m2df.splits
+from m2df.splits import (BENCHMARKS, SPLITS, SSV2_LABELS, SplitError, VideoRecord, fetch_splits, file_sha256, packaged_splits_dir,
                          load_split)
 
 SHARED = real_splits_dir()
@@ -156,6 +157,8 @@ def test_download_then_offline(server, tmp_path, monkeypatch):
     assert sorted(p.name for p in folder.iterdir()) == ['test.txt', 'train.txt', 'val.txt']
     for s in SPLITS: assert (folder / f'{s}.txt').read_bytes() == (SHARED / 'ucf101' / f'{s}.txt').read_bytes()
     shutil.rmtree(root)  # the cache is used from now on, no server needed
+    assert load_split('ucf101', 'val').file == str(packaged_splits_dir('ucf101') / 'ucf101' / 'val.txt')  # shipped lists first
+    monkeypatch.setattr(m2df.splits, 'packaged_splits_dir', lambda b: None)   # a list missing from the package: the cache
     sp = load_split('ucf101', 'val')
     assert sp.file == str(folder / 'val.txt') and len(sp.classes) == 10
     (folder / 'val.txt').write_text('corrupted/x\n')  # a damaged cache file is fetched again: here it cannot be
@@ -289,3 +292,42 @@ def test_too_small_class_names_settable_fields(tmp_path):
     with pytest.raises(ValueError) as e: EpisodeSampler(sp, 2, 1, 2)
     msg = str(e.value)
     assert "'c' (1)" in msg and 'config fields shot or query' in msg and 'min_videos_ok' not in msg, msg
+
+
+def _package_copy(tmp_path, monkeypatch):
+    "A copy of the package's split lists that `packaged_splits_dir` reads instead of the installed ones."
+    from importlib import resources
+    shutil.copytree(packaged_splits_dir('ucf101'), tmp_path / 'm2df' / 'data' / 'splits')
+    real = resources.files
+    monkeypatch.setattr(resources, 'files', lambda pkg: tmp_path / 'm2df' if pkg == 'm2df' else real(pkg))
+    return tmp_path / 'm2df' / 'data' / 'splits'
+
+
+def test_packaged_lists_are_read_offline_with_no_settings(monkeypatch, tmp_path):
+    monkeypatch.setenv('M2DF_CACHE', str(tmp_path / 'nothing-here'))
+    monkeypatch.setattr(m2df.splits, 'fetch_splits', lambda *a, **k: pytest.fail('downloaded although the lists ship'))
+    for b in ('ucf101', 'hmdb51', 'kinetics100', 'kinetics100_clipfsar', 'ssv2_small', 'ssv2_full'):
+        for s in SPLITS:
+            f = packaged_splits_dir(b) / b / f'{s}.txt'
+            assert file_sha256(f) == BENCHMARKS[b].sha256[s], f
+    sp = load_split('hmdb51', 'test')
+    assert sp.file == str(packaged_splits_dir('hmdb51') / 'hmdb51' / 'test.txt') and len(sp.classes) == 10
+    assert not (tmp_path / 'nothing-here').exists()
+
+
+def test_altered_packaged_list_is_an_error_naming_it(monkeypatch, tmp_path):
+    d = _package_copy(tmp_path, monkeypatch)
+    f = d / 'hmdb51' / 'val.txt'
+    f.write_bytes(f.read_bytes() + b'kick/extra_video\n')
+    with pytest.raises(SplitError, match=f"{re.escape(str(f))}: sha256 .* pinned at {BENCHMARKS['hmdb51'].sha256['val']}"):
+        load_split('hmdb51', 'test')
+    assert packaged_splits_dir('ucf101') == d   # the other benchmarks are untouched
+
+
+def test_missing_packaged_list_falls_back_to_the_verified_download(monkeypatch, tmp_path):
+    d = _package_copy(tmp_path, monkeypatch)
+    (d / 'ucf101' / 'val.txt').unlink()
+    assert packaged_splits_dir('ucf101') is None
+    calls = []
+    monkeypatch.setattr(m2df.splits, 'fetch_splits', lambda b, c=None: calls.append(b) or SHARED / b)
+    assert len(load_split('ucf101', 'val').classes) == 10 and calls == ['ucf101']

@@ -341,7 +341,7 @@ class KarmmaTrainer:
         last = min(cfg.epochs, stop_after or cfg.epochs)
         bar = None
         if self.progress:
-            from tqdm.auto import tqdm
+            from m2df.progress import progress_bar as tqdm
             bar = tqdm(total=cfg.epochs * self.steps_per_epoch, initial=self.step, desc=f'{cfg.role} steps')
         while self.epoch < last:
             for batch in itertools.islice(self.loader(self.epoch), self.steps_per_epoch):
@@ -452,7 +452,7 @@ def evaluate_protocols(models:dict,                # name -> KarmmaModel (same m
     for m in models.values(): m.eval()
     dl = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate_fn, num_workers=num_workers)
     if progress:
-        from tqdm.auto import tqdm; dl = tqdm(dl, desc='evaluating', leave=False)
+        from m2df.progress import progress_bar as tqdm; dl = tqdm(dl, desc='evaluating', leave=False)
     n_clips, held = 0, []
     for batch in dl:
         batch = batch_to(batch, device)
