@@ -4,7 +4,7 @@ backbone's BatchNorm uses batch statistics, and when the test split is scored.
 Fixtures (computed by scripts kept outside the repository, from cofly2014/CLIP-MDMF at commit c6ac856):
 - `fixtures/reference_class_names.json`: for every benchmark, 1 and 5 shots, train and test, the name the authors' code
   prompts each class with. The script runs their `video_reader.Split` (`add_vid`, `get_unique_classes`) on the real
-  split lists (the ones in `$M2DF_TEST_SPLITS`), adding videos in the order their `VideoDataset.read_dir` does (class
+  split lists (the ones shipped in `m2df/data/splits`), adding videos in the order their `VideoDataset.read_dir` does (class
   folders of train+val+test sorted, numerically for SSv2-Full; ids = positions in that listing), and indexes the
   `TRAIN`/`TEST` `CLASS_NAME` list of their yaml config (`configs/projects/CLIPFSAR/<benchmark>/*_<shot>shot_v1.yaml`)
   by the class's position in `list(set(ids))`, as `MDMF_CLIPFSAR.forward` does (`own_names`: the yaml name that matches
