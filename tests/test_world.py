@@ -9,7 +9,7 @@ from m2df.world import (COLOURS, SHAPE_WORDS, MOTION_WORDS, SIZES, TEXTURES, SPE
 from m2df.pretrain import (PretrainConfig, WORLD_WEIGHTS, WORLD_RECORD, contrastive_loss, encode_clips, batch_pixels,
                            pretrain, render_pool, sha256_file, zero_shot_accuracy, zero_shot_confusion, zero_shot_episodes)
 
-SHIPPED_SHA256 = 'PIN'   # sha256 of m2df/data/world_clip.safetensors, as `python -m m2df.pretrain` writes it
+SHIPPED_SHA256 = 'b2f2d70b28b7792186b1272badca21d61714bc6c49ab842ad04e5b3b5df92f84'   # sha256 of m2df/data/world_clip.safetensors, as `python -m m2df.pretrain` writes it
 SLOW = os.environ.get('M2DF_SLOW') == '1'
 
 
