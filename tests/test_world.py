@@ -149,3 +149,19 @@ def test_full_pretraining_reproduces_the_shipped_weights_bit_for_bit():
     r = subprocess.run([sys.executable, '-m', 'm2df.pretrain', '--check'], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert SHIPPED_SHA256 in r.stdout
+
+
+def test_dataset_world_reads_episodes_through_the_main_loader(tmp_path):
+    from m2df.config import make_config
+    from m2df.episodes import episode_loader, clip_transform
+    root = make_world_benchmark(tmp_path / 'w', videos_per_class=2, min_frames=4, max_frames=4, size=32)
+    cfg = make_config('world', data_root=str(root / 'videos'), splits_dir=str(root / 'splits'), frames=4, num_workers=0)
+    assert clip_transform(cfg, train=True).flip is False     # a flip would turn 'moving left' into 'moving right'
+    ep = next(iter(episode_loader(cfg, 'test', 1)))
+    assert ep['support'].shape == (5, 4, 3, 56, 56) and ep['query'].shape == (5, 4, 3, 56, 56)
+    assert all(p.split('/')[0] in world_split_classes('test') for p in ep['query_ids'])
+    # the main job knows the world without importing m2df.world itself
+    code = ("import open_clip, m2df.learner; from m2df.splits import BENCHMARKS; from m2df.encoders import register_tiny_configs; "
+            "register_tiny_configs(); assert 'world' in BENCHMARKS and open_clip.get_model_config('m2df-world-vit')")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-1500:]
