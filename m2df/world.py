@@ -15,15 +15,15 @@ from .synthetic import (SHAPES, MARKER, ObjectState, VideoParams, sample_video_p
                             _fit, _linear, generate_atomically, cache_base, video_id)
 from .video import write_video, default_codec
 from .splits import BENCHMARKS, Benchmark
-from .encoders import TINY_CONFIGS
 
 # %% auto #0
 __all__ = ['WORLD_VERSION', 'COLOURS', 'SHAPE_WORDS', 'TEXTURES', 'SIZES', 'SPEEDS', 'MOTION_WORDS', 'SPLIT_OBJECTS', 'NOISE_STD',
            'DISTRACTORS', 'CAPTION_TEMPLATE', 'POOL_SALT', 'WORLD_MARKER', 'WORLD_DEFAULTS', 'WORLD_BENCHMARK',
-           'WORLD_CLIP', 'Attributes', 'class_name', 'class_folder', 'world_split_classes', 'parse_class', 'caption',
-           'WorldVideo', 'sample_world_video', 'world_state', 'render_world_frame', 'render_world_frames',
-           'render_world_clip', 'pool_rng', 'world_video_rng', 'pool_item', 'world_params', 'world_video',
-           'world_is_complete', 'make_world_benchmark', 'world_root']
+           'WORLD_CLIP', 'WORLD_CLIP_CONFIG', 'Attributes', 'class_name', 'class_folder', 'world_split_classes',
+           'parse_class', 'caption', 'WorldVideo', 'sample_world_video', 'world_state', 'render_world_frame',
+           'render_world_frames', 'render_world_clip', 'pool_rng', 'world_video_rng', 'pool_item',
+           'register_world_clip', 'world_params', 'world_video', 'world_is_complete', 'make_world_benchmark',
+           'world_root']
 
 # %% ../nbs/18_world.ipynb #b3d6a6a4
 WORLD_VERSION = 1      # bump when the vocabulary, the rendering or the encoding changes: cached worlds are regenerated
@@ -199,12 +199,24 @@ WORLD_BENCHMARK = Benchmark('world', "m2df (a miniature of the papers' world: co
 BENCHMARKS.setdefault('world', WORLD_BENCHMARK)
 
 # The world's CLIP: the vision tower of `m2df-tiny-vit` and a narrower text tower (width 32, 32 tokens), so that the
-# shipped weights stay small (the 49,408-word token table is most of them). Added to m2df.encoders' tiny configs, so
-# `backbone='m2df-world-vit'` is registered with open_clip like `m2df-tiny-vit` whenever a model is loaded.
+# shipped weights stay small (the 49,408-word token table is most of them). Registered with open_clip as m2df.encoders
+# registers its tiny configs (a JSON file in a temporary folder), when this module is imported: m2df.episodes imports
+# it, so the main job knows `backbone='m2df-world-vit'`.
 WORLD_CLIP = 'm2df-world-vit'
-TINY_CONFIGS.setdefault(WORLD_CLIP, dict(embed_dim=64,
-    text_cfg=dict(context_length=32, vocab_size=49408, width=32, heads=2, layers=2),
-    vision_cfg=dict(image_size=56, layers=2, width=64, head_width=32, patch_size=8)))
+WORLD_CLIP_CONFIG = dict(embed_dim=64, text_cfg=dict(context_length=32, vocab_size=49408, width=32, heads=2, layers=2),
+                         vision_cfg=dict(image_size=56, layers=2, width=64, head_width=32, patch_size=8))
+
+def register_world_clip() -> str:
+    "Register the open_clip config `m2df-world-vit` (idempotent); return its name."
+    import atexit, shutil, tempfile, open_clip
+    if open_clip.get_model_config(WORLD_CLIP) == WORLD_CLIP_CONFIG: return WORLD_CLIP
+    d = Path(tempfile.mkdtemp(prefix='m2df-world-config-'))
+    atexit.register(shutil.rmtree, d, True)
+    (d / f'{WORLD_CLIP}.json').write_text(json.dumps(WORLD_CLIP_CONFIG, indent=1))
+    open_clip.add_model_config(d)
+    return WORLD_CLIP
+
+register_world_clip()
 
 def world_params(seed:int=0, **kw) -> dict:
     "The generation parameters recorded in the marker (a cached world is reused only if they are equal)."

@@ -24,6 +24,12 @@ def test_world_preset_loads_the_shipped_weights_through_pretrained_path():
     from m2df.encoders import CLIPBackbone
     cfg = make_config('world')
     assert cfg.pretrained == WORLD_WEIGHTS and cfg.backbone == WORLD_CLIP and cfg.flip is False
+    from m2df.encoders import TINY_CONFIGS
+    from m2df.world import register_world_clip
+    import open_clip
+    assert WORLD_CLIP not in TINY_CONFIGS      # registered beside the tiny configs, which stay the two of m2df.encoders
+    n = len(open_clip.factory._MODEL_CONFIG_PATHS)
+    assert register_world_clip() == WORLD_CLIP and len(open_clip.factory._MODEL_CONFIG_PATHS) == n
     b = CLIPBackbone(cfg.backbone, cfg.pretrained)
     sd = load_file(WORLD_WEIGHTS)
     for k, v in b.clip.state_dict().items(): assert torch.equal(v, sd[k].float()), k
