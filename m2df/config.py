@@ -329,6 +329,11 @@ BENCHMARK_PRESETS = {
                       fusion_ffn=256, fusion_heads=4),
     'ucf101': {}, 'hmdb51': {}, 'kinetics100': {},
     'ssv2_small': dict(flip=False), 'ssv2_full': dict(flip=False),
+    # the compositional world of m2df.world, with its tiny CLIP pretrained on a separate pool (m2df.pretrain): the file
+    # shipped in the package (m2df/data/world_clip.safetensors); pretrained=None gives the same model with random weights
+    'world': dict(backbone='m2df-world-vit', pretrained=os.path.join(__import__('m2df').__path__[0], 'data', 'world_clip.safetensors'),
+                  prompt_template='a video of a {}', flip=False, resize=64, crop=56, logit_scale=5., lr=1e-3, accumulation=1,
+                  episodes=200, val_every=100, val_episodes=100, test_episodes=500, fusion_ffn=256, fusion_heads=4),
 }
 
 # (method preset, benchmark, shot) -> fields whose value there differs from the preset's own (shot None: every shot):

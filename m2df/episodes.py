@@ -14,6 +14,7 @@ from torch.utils.data import Dataset, DataLoader, get_worker_info
 from .config import M2DFConfig
 from .splits import BENCHMARKS, Split, VideoRecord, load_split
 from .video import ClipTransform, VideoError, load_clip, resolve_video
+import m2df.world   # registers the 'world' benchmark (m2df.splits.BENCHMARKS) and its CLIP config 'm2df-world-vit'
 
 # %% auto #0
 __all__ = ['benchmark_data_root', 'benchmark_split', 'clip_transform', 'ssv2_labels_file', 'EpisodeSpec', 'EpisodeSampler',
@@ -25,6 +26,9 @@ def benchmark_data_root(cfg: M2DFConfig) -> Path:
     if cfg.dataset == 'synthetic' and cfg.data_root is None:
         from m2df.synthetic import synthetic_root
         return synthetic_root() / 'videos'
+    if cfg.dataset == 'world' and cfg.data_root is None:
+        from m2df.world import world_root
+        return world_root() / 'videos'
     info = BENCHMARKS[cfg.dataset]
     if cfg.data_root is None or not Path(cfg.data_root).is_dir():
         what = 'data_root is not set' if cfg.data_root is None else f'data_root {cfg.data_root!r} is not a folder'
@@ -40,6 +44,9 @@ def benchmark_split(cfg: M2DFConfig, name: str,
     if cfg.dataset == 'synthetic' and cfg.splits_dir is None:
         from m2df.synthetic import synthetic_root
         sp = load_split('synthetic', name, splits_dir=synthetic_root() / 'splits')
+    elif cfg.dataset == 'world' and cfg.splits_dir is None:
+        from m2df.world import world_root
+        sp = load_split('world', name, splits_dir=world_root() / 'splits')
     else:
         labels = ssv2_labels_file(cfg) if cfg.dataset == 'ssv2_full' else None
         sp = load_split(cfg.dataset, name, splits_dir=cfg.splits_dir, labels_json=labels, naming=cfg.class_names, shot=cfg.shot)
