@@ -359,9 +359,10 @@ def make_config(dataset:str='synthetic', # benchmark name (a key of `BENCHMARK_P
     shot = coerce_value('shot', overrides.get('shot', d.get('shot', M2DFConfig.shot)), int)
     d.update(PRESET_CASES.get((preset, dataset, None), {}))
     d.update(PRESET_CASES.get((preset, dataset, shot), {}))
-    if d.get('test_at') and 'episodes' in overrides and 'test_at' not in overrides:   # a shortened (or longer) run:
-        n, last = coerce_value('episodes', overrides['episodes'], int), d['test_at'][-1]   # the preset's scoring points at
-        d['test_at'] = tuple(sorted({max(1, round(e * n / last)) for e in d['test_at']}))  # the same fractions of it
+    n = coerce_value('episodes', overrides.get('episodes', d.get('episodes', M2DFConfig.episodes)), int)
+    if d.get('test_at') and 'test_at' not in overrides and n != d.get('episodes', M2DFConfig.episodes):  # another length:
+        last = d['test_at'][-1]                   # the preset's scoring points at the same fractions of the run
+        d['test_at'] = tuple(sorted({max(1, round(e * n / last)) for e in d['test_at']}))
     d.update(overrides)
     return M2DFConfig.from_dict(d)
 
