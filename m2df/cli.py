@@ -4,7 +4,7 @@
 
 # %% ../nbs/30_cli.ipynb #0cb69df9
 from __future__ import annotations
-import argparse, dataclasses, inspect, io, json, subprocess, sys, textwrap, tokenize, typing
+import argparse, dataclasses, inspect, io, json, subprocess, sys, textwrap, time, tokenize, typing
 from pathlib import Path
 import m2df
 
@@ -185,23 +185,25 @@ def as_words(kw:dict) -> list: return [f'{k}={"none" if v is None else v}' for k
 # %% ../nbs/30_cli.ipynb #cb649f42
 def evaluate_checkpoint(checkpoint,          # a best.pt / last.pt written by training
                         split:str='test',    # test | val
-                        out=None,            # JSON file of the scores; None: beside the run folder
+                        out=None,            # JSON file of the scores; None: <run>/evaluations/, named by checkpoint and overrides
                         progress:bool=True,  # progress bars or lines
                         **overrides) -> tuple: # config fields to change (data paths, episode counts); None sets None
     "(scores, their JSON file) of a checkpoint on the fixed episodes of `split`: as nbs/evaluate.ipynb, without a notebook."
     from m2df.datacheck import check_before_training
     from m2df.evaluate import evaluate
     from m2df.learner import load_trained_model
-    from m2df.runs import atomic_write_text
+    from m2df.learner import evaluation_record_path
+    from m2df.runs import write_new_text
     if split not in ('test', 'val'): raise UsageError(f'm2df evaluate: error: split must be test or val, got {split!r}')
     if not Path(checkpoint).is_file(): raise FileNotFoundError(f'no checkpoint at {checkpoint}')
     model, cfg, state = load_trained_model(checkpoint, check=lambda c: check_before_training(c, splits=[split]), **overrides)
     r = evaluate(model, cfg, split, progress=progress)
-    r['checkpoint'] = str(checkpoint)
+    r.update(checkpoint=str(Path(checkpoint).resolve()), checkpoint_step=state.get('step'), overrides=overrides,
+             evaluated=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
     for k in ('dataset', 'way', 'shot'): r.setdefault(k, getattr(cfg, k))
     r.setdefault('split', split)
-    out = Path(out) if out else Path(checkpoint).parent.parent / f'eval-{split}-{cfg.way}w{cfg.shot}s.json'
-    atomic_write_text(out, json.dumps(r, indent=1))
+    # one record per evaluation, as the evaluate notebook: never overwriting an earlier one (-2, -3, ...)
+    out = write_new_text(Path(out) if out else evaluation_record_path(checkpoint, split, cfg, overrides), json.dumps(r, indent=1))
     return r, out
 
 # %% ../nbs/30_cli.ipynb #b0500109

@@ -105,3 +105,26 @@ def test_words_and_options_reach_the_learner(monkeypatch):
     monkeypatch.setattr(m2df.learner, 'main', lambda words: seen.append(words))
     assert m2df.cli.main(['train', 'shot=5', '--lr', '1e-4', '--grad-clip', 'none', 'run_dir=/tmp/x']) == 0
     assert seen == [['shot=5', 'run_dir=/tmp/x', 'lr=1e-4', 'grad_clip=none']]
+
+
+def test_evaluate_writes_one_record_per_evaluation_never_overwriting(tmp_path):
+    "`m2df evaluate` twice on one checkpoint, then with an override: three records under <run>/evaluations/, none rewritten."
+    from m2df.config import make_config
+    from m2df.learner import Learner
+    run = tmp_path / 'run'
+    Learner(make_config('synthetic', backbone='m2df-tiny-vit', frames=4, fusion_ffn=64, accumulation=2, episodes=4,
+                        val_every=4, val_episodes=4, test_episodes=4), run, progress=False).fit(test=False)
+    ckpt = run / 'checkpoints' / 'best.pt'
+    outs = []
+    for extra in ([], [], ['test_episodes=6']):
+        p = m2df_cmd('evaluate', f'checkpoint={ckpt}', 'progress=false', *extra)
+        assert p.returncode == 0, p.stderr[-2000:]
+        outs.append(Path(p.stdout.strip().splitlines()[-1].split(' -> ')[-1]))
+    first = outs[0].read_bytes()
+    assert [o.parent for o in outs] == [run / 'evaluations'] * 3 and len(set(outs)) == 3, outs
+    assert outs[1].name == outs[0].name.replace('.json', '-2.json')
+    assert outs[0].read_bytes() == first
+    import json
+    recs = [json.loads(o.read_text()) for o in outs]
+    assert [r['overrides'] for r in recs] == [{}, {}, {'test_episodes': '6'}] or [r['overrides'] for r in recs] == [{}, {}, {'test_episodes': 6}]
+    assert [r['episodes'] for r in recs] == [4, 4, 6] and recs[0]['checkpoint'] == str(ckpt.resolve())
