@@ -1,0 +1,1 @@
+"Behaviour tests of m2df.karmma (issue 23)."

@@ -1,0 +1,1 @@
+"Behaviour tests of m2df.learner (issue 23)."
