@@ -8,6 +8,7 @@ Run by hand from the repository root (pytest never collects this file, and CI do
     python tests/mutate.py                            # every break against tests/ (minus the slow tests), one at a time
     python tests/mutate.py lam_ignored ce_mean        # chosen breaks
     python tests/mutate.py --tag issue15              # the breaks with a tag (issue15: the five of issue 15)
+    python tests/mutate.py --tag issue23 --focused    # the breaks of issue 23 (statistics, data, augmentation, KARMMA)
     python tests/mutate.py --focused -j 2 --timeout 900   # each break against its own test files, two at a time
     python tests/mutate.py --tests tests/test_protocol.py tests/test_distill.py
 
@@ -30,7 +31,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / 'tests'
-# Left out of the default selection: the tests of the KARMMA subpackage (a separate system that none of the breaks touches)
+# Left out of the default selection: the long tests of the KARMMA subpackage (its issue-23 breaks are caught by
+# tests/test_behaviour_karmma.py, which stays in)
 # and the tests that take half a minute or more each on a 2-core CPU (a killed-and-resumed run, torchrun, papermill).
 # Name them with --tests to include them.
 SLOW = ['tests/test_karmma.py', 'tests/test_karmma_data.py', 'tests/test_modalities.py', 'tests/test_distributed.py',
