@@ -8,6 +8,7 @@ Run by hand from the repository root (pytest never collects this file, and CI do
     python tests/mutate.py                            # every break against tests/ (minus the slow tests), one at a time
     python tests/mutate.py lam_ignored ce_mean        # chosen breaks
     python tests/mutate.py --tag issue15              # the breaks with a tag (issue15: the five of issue 15)
+    python tests/mutate.py --tag issue23 --focused    # the breaks of issue 23 (statistics, data, augmentation, KARMMA)
     python tests/mutate.py --focused -j 2 --timeout 900   # each break against its own test files, two at a time
     python tests/mutate.py --tests tests/test_protocol.py tests/test_distill.py
 
@@ -30,7 +31,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / 'tests'
-# Left out of the default selection: the tests of the KARMMA subpackage (a separate system that none of the breaks touches)
+# Left out of the default selection: the long tests of the KARMMA subpackage (its issue-23 breaks are caught by
+# tests/test_behaviour_karmma.py, which stays in)
 # and the tests that take half a minute or more each on a 2-core CPU (a killed-and-resumed run, torchrun, papermill).
 # Name them with --tests to include them.
 SLOW = ['tests/test_karmma.py', 'tests/test_karmma_data.py', 'tests/test_modalities.py', 'tests/test_distributed.py',
@@ -64,6 +66,17 @@ LEARN = (P, 'tests/test_learner.py', 'tests/test_evaluate.py')
 EVAL = ('tests/test_evaluate.py', P, 'tests/test_artifacts.py')
 SAMPLE = (P, 'tests/test_evaluate.py', 'tests/test_learner.py')
 CONFIG = (P, 'tests/test_artifacts.py', 'tests/test_evaluate.py')
+# issue 23: each module's behaviour tests first, then the existing tests of that module
+BH = 'tests/test_behaviour_{}.py'
+ART = (BH.format('artifacts'), 'tests/test_artifacts.py')
+DC = (BH.format('datacheck'), 'tests/test_real_path.py')
+SPL = (BH.format('splits'), 'tests/test_splits.py')
+PREP = (BH.format('prepare'), 'tests/test_real_path.py')
+VID = (BH.format('video'), 'tests/test_video.py')
+EPI = (BH.format('episodes'), 'tests/test_video.py', P)
+RUNS = (BH.format('runs'), 'tests/test_runs.py')
+LRN = (BH.format('learner'), 'tests/test_learner.py')
+KAR = (BH.format('karmma'), 'tests/test_karmma.py')
 B = Break
 BREAKS = [
     # ---- the five breaks of issue 15
@@ -281,6 +294,134 @@ BREAKS = [
     B('test_scores_last_not_best', 'learner.py', 'if self.run.best.exists(): load_model_state(self.model, load_checkpoint(self.run.best', 'if False: load_model_state(self.model, load_checkpoint(self.run.best',
       'the test split is scored with the last weights, not the best validation checkpoint', ('evaluation',),
       LEARN + ('tests/test_artifacts.py',)),
+
+    # ---- issue 23: statistics of the artifacts, data handling, training length, KARMMA (written before their tests)
+    B('resolved_only_if_positive', 'artifacts.py', "out.loc[i, 'resolved'] = bool(abs(d) > h)", "out.loc[i, 'resolved'] = bool(d > h)",
+      'a significant drop is captioned as inside its 95% CI (only gains count as resolved)', ('issue23', 'statistics'), ART),
+    B('seed_ms_wrong_count', 'artifacts.py', 'E * ((r - m) ** 2).sum() / (S - 1), S - 1)', 'E * ((r - m) ** 2).sum() / (S * E - 1), S - 1)',
+      'the seed mean square is divided by S·E − 1 instead of S − 1 (every multi-seed CI too narrow)', ('issue23', 'statistics'), ART),
+    B('episode_ms_without_s', 'artifacts.py', 'S * ((c - m) ** 2).sum() / (E - 1), E - 1)', '((c - m) ** 2).sum() / (E - 1), E - 1)',
+      'the episode mean square lacks its factor S', ('issue23', 'statistics'), ART),
+    B('residual_ms_wrong_count', 'artifacts.py', '** 2).sum() / ((S - 1) * (E - 1)), (S - 1) * (E - 1))', '** 2).sum() / (S * E), (S - 1) * (E - 1))',
+      'the residual mean square is divided by S·E instead of (S − 1)(E − 1)', ('issue23', 'statistics'), ART),
+    B('negative_component_kept', 'artifacts.py', "coef = {k: float(ms[k][0] > res) for k in ('seeds', 'episodes')}",
+      "coef = {k: 1. for k in ('seeds', 'episodes')}", 'a variance component estimated negative is kept (not truncated at 0)',
+      ('issue23', 'statistics'), ART),
+    B('crossed_ci_normal_quantile', 'artifacts.py', 'float(stats.t.ppf(0.975, df) * math.sqrt(v))', 'float(1.96 * math.sqrt(v))',
+      'the crossed CI uses 1.96 instead of the Satterthwaite t quantile', ('issue23', 'statistics'), ART),
+    B('one_episode_ci_ddof0', 'artifacts.py', 'stats.t.ppf(0.975, S - 1) * r.std(ddof=1) / math.sqrt(S)', 'stats.t.ppf(0.975, S - 1) * r.std(ddof=0) / math.sqrt(S)',
+      'the one-episode CI over seeds uses the biased standard deviation', ('issue23', 'statistics'), ART),
+    B('seed_ci95_t_df', 'artifacts.py', 'float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1)', 'float(stats.t.ppf(0.975, len(v)) * v.std(ddof=1)',
+      'the CI over seeds takes n degrees of freedom instead of n − 1', ('issue23', 'statistics'), ART),
+    B('delta_paired_by_position', 'artifacts.py', 'ref.episode_accuracy[[ref.seeds.index(s) for s in both]]', 'ref.episode_accuracy[:len(both)]',
+      'with unequal seed sets, Δ pairs runs by position instead of by seed', ('issue23', 'statistics'), ART),
+    B('delta_seed_ci_wrong_axis', 'artifacts.py', '[d, h, seed_ci95(D.mean(1)), mean_ci95(D.mean(0))[1]]', '[d, h, seed_ci95(D.mean(0)), mean_ci95(D.mean(0))[1]]',
+      "Δ's seed CI computed over episode means", ('issue23', 'statistics'), ART),
+    B('ci95_seeds_wrong_axis', 'artifacts.py', 'ci95_seeds=seed_ci95(X.mean(1))', 'ci95_seeds=seed_ci95(X.mean(0))',
+      "the accuracy's seed CI computed over episode means", ('issue23', 'statistics'), ART),
+    B('single_run_delta_reversed', 'artifacts.py', 'paired_difference(row.episode_accuracy, ref.episode_accuracy)', 'paired_difference(ref.episode_accuracy, row.episode_accuracy)',
+      'single-run Δ is reference − setting (the sign flips)', ('issue23', 'statistics'), ART),
+    B('signed_format_drops_sign', 'artifacts.py', "return f'{mean:+.1f} ± {ci:.1f}' if signed", "return f'{abs(mean):+.1f} ± {ci:.1f}' if signed",
+      'a negative Δ is printed as a gain', ('issue23', 'statistics'), ART),
+    B('per_class_max_over_seeds', 'artifacts.py', 'float(np.mean([pc[c] for pc in g.per_class if c in pc]))', 'float(np.max([pc[c] for pc in g.per_class if c in pc]))',
+      'per-class accuracy of a setting is the best seed, not the mean', ('issue23', 'statistics'), ART),
+    B('caption_two_seeds_single', 'artifacts.py', 'if (s.n_seeds > 1).any():', 'if (s.n_seeds > 2).any():',
+      'a two-seed grid is captioned as single runs (wrong CI description)', ('issue23', 'statistics'), ART),
+
+    B('probe_cache_ignores_stamp', 'datacheck.py', 'return (e[2], e[3]) if e and e[:2] == stamp else None', 'return (e[2], e[3]) if e else None',
+      'a cached verdict ignores the file\'s stamp (a repaired or newly broken video keeps its old verdict)', ('issue23', 'datacheck'), DC),
+    B('probe_cache_size_only', 'datacheck.py', 'return (e[2], e[3]) if e and e[:2] == stamp else None', 'return (e[2], e[3]) if e and e[:1] == stamp[:1] else None',
+      'a cached verdict survives a rewrite of the same size', ('issue23', 'datacheck'), DC),
+    B('file_stamp_seconds', 'datacheck.py', 'return [st.st_size, st.st_mtime_ns]', 'return [st.st_size, int(st.st_mtime)]',
+      'the stamp keeps whole seconds: a rewrite within the second keeps its verdict', ('issue23', 'datacheck'), DC),
+    B('exactly_t_frames_short', 'datacheck.py', 'elif n < cfg.frames:', 'elif n <= cfg.frames:',
+      'a video of exactly T frames is reported short', ('issue23', 'datacheck'), DC),
+    B('probe_first_frame_only', 'datacheck.py', 'v.read([n - 1])', 'v.read([0])',
+      'the probe decodes the first frame, so a video broken at its end passes', ('issue23', 'datacheck'), DC),
+    B('frame_count_mean_not_median', 'datacheck.py', 'int(statistics.median(xs)) if xs', 'int(statistics.mean(xs)) if xs',
+      'the report\'s median frame count is the mean', ('issue23', 'datacheck'), DC),
+
+    B('extra_classes_accepted', 'splits.py', 'if want is not None and len(classes) != want:', 'if want is not None and len(classes) < want:',
+      'a split list with extra classes is accepted', ('issue23', 'splits'), SPL),
+    B('check_episode_needs_one_more', 'splits.py', 'ok = [i for i, n in counts.items() if n >= shot + query]', 'ok = [i for i, n in counts.items() if n > shot + query]',
+      'a class with exactly shot + query videos is left out of episodes', ('issue23', 'splits'), SPL),
+    B('blank_line_skipped', 'splits.py', "if not line.strip(): raise bad('blank line inside the list')", 'if not line.strip(): continue',
+      'a blank line inside a split list is skipped silently', ('issue23', 'splits'), SPL),
+    B('stray_spaces_accepted', 'splits.py', 'or any(p != p.strip() for p in parts):', ':',
+      'a split line with stray spaces around a part is accepted', ('issue23', 'splits'), SPL),
+    B('clipfsar_tag_unchecked', 'splits.py', r"re.fullmatch(r'[A-Za-z]+\d+', tag)", r"re.fullmatch(r'.*', tag)",
+      'a CLIP-FSAR line with a malformed tag is accepted', ('issue23', 'splits'), SPL),
+    B('split_lines_zero_based', 'splits.py', 'for i, line in enumerate(lines, 1):', 'for i, line in enumerate(lines):',
+      'split-list lines numbered from 0 (errors and records name the wrong line)', ('issue23', 'splits'), SPL),
+
+    B('prepare_enlarges', 'prepare.py', 's = min(1., short_side / min(w, h))', 's = short_side / min(w, h)',
+      'small videos are enlarged to the short side', ('issue23', 'prepare'), PREP),
+    B('prepare_long_side', 'prepare.py', 's = min(1., short_side / min(w, h))', 's = min(1., short_side / max(w, h))',
+      'the longer side is brought to 256', ('issue23', 'prepare'), PREP),
+    B('prepare_floor_even', 'prepare.py', 'even = lambda x: max(2, int(round(x / 2)) * 2)', 'even = lambda x: max(2, int(x / 2) * 2)',
+      'the other side is floored to even instead of rounded', ('issue23', 'prepare'), PREP),
+    B('prepare_odd_sides', 'prepare.py', 'even = lambda x: max(2, int(round(x / 2)) * 2)', 'even = lambda x: max(2, int(round(x)))',
+      'sides may be odd (yuv420p needs even)', ('issue23', 'prepare'), PREP),
+    B('prepare_frame_folder_not_resized', 'prepare.py', 'frame.resize(size, Image.BILINEAR) if frame.size != size else frame', 'frame',
+      'a frame-folder source is copied at its size, not resized', ('issue23', 'prepare'), PREP),
+    B('prepare_mp4_suffix_doubled', 'prepare.py', "return base if base.suffix.lower() == '.mp4' else base.with_name(base.name + '.mp4')",
+      "return base.with_name(base.name + '.mp4')", "a split line naming 'v.mp4' is written to 'v.mp4.mp4'", ('issue23', 'prepare'), PREP),
+
+    B('crop_top_never_last', 'video.py', 'top, left = int(rng.integers(0, h - c + 1)),', 'top, left = int(rng.integers(0, h - c)),',
+      'a random crop never reaches the bottom row of a tall clip', ('issue23', 'video'), VID),
+    B('crop_left_never_first', 'video.py', 'int(rng.integers(0, w - c + 1))\n', 'int(rng.integers(1, w - c + 1))\n',
+      'a random crop never starts at the left edge of a wide clip', ('issue23', 'video'), VID),
+    B('flip_probability_tenth', 'video.py', 'flip = self.flip and bool(rng.random() < 0.5)', 'flip = self.flip and bool(rng.random() < 0.1)',
+      'training clips are flipped with probability 0.1 instead of 1/2', ('issue23', 'video'), VID),
+    B('centre_crop_rounds_up', 'video.py', 'else: top, left, flip = (h - c) // 2, (w - c) // 2, False', 'else: top, left, flip = (h - c + 1) // 2, (w - c + 1) // 2, False',
+      'an odd margin puts the centre crop one pixel further', ('issue23', 'video'), VID),
+    B('resize_truncates', 'video.py', 'nh, nw = (size, max(1, round(w * size / h)))', 'nh, nw = (size, max(1, int(w * size / h)))',
+      'the longer side of a resized clip is truncated instead of rounded', ('issue23', 'video'), VID),
+
+    B('query_reuses_support_draws', 'episodes.py', 'query=_load_records(spec.query, *args, len(spec.support)),', 'query=_load_records(spec.query, *args, 0),',
+      'the queries draw the same augmentations as the support videos', ('issue23', 'episodes'), EPI),
+    B('one_draw_per_episode', 'episodes.py', 'rng = np.random.default_rng([seed, rank, index, offset + j])', 'rng = np.random.default_rng([seed, rank, index, offset])',
+      'every support video (and every query) of an episode gets the same crop, flip and frames', ('issue23', 'episodes'), EPI),
+    B('draws_ignore_episode', 'episodes.py', 'rng = np.random.default_rng([seed, rank, index, offset + j])', 'rng = np.random.default_rng([seed, rank, offset + j])',
+      'every episode draws the same augmentations', ('issue23', 'episodes'), EPI),
+    B('sampler_exact_need_rejected', 'episodes.py', 'short = {c: len(v) for c, v in by_class.items() if len(v) < need}', 'short = {c: len(v) for c, v in by_class.items() if len(v) <= need}',
+      'a class with exactly shot + query videos is refused by the sampler', ('issue23', 'episodes'), EPI),
+    B('eval_clips_random', 'episodes.py', 'self.frames, self.transform, False, np.random.default_rng(0))', 'self.frames, self.transform, True, np.random.default_rng(0))',
+      'evaluation clips (feature cache) sample frames at random positions', ('issue23', 'episodes'), EPI),
+
+    B('metrics_header_every_row', 'runs.py', '            if new: w.writeheader()\n', '            w.writeheader()\n',
+      'metrics.csv repeats its header before every row', ('issue23', 'runs'), RUNS),
+    B('metrics_overwritten', 'runs.py', "with open(f, 'a', newline='') as fh:", "with open(f, 'w', newline='') as fh:",
+      'metrics.csv keeps only the last row', ('issue23', 'runs'), RUNS),
+    B('log_json_no_newline', 'runs.py', "fh.write(json.dumps(record) + '\\n')", 'fh.write(json.dumps(record))',
+      'JSON lines are written without their newline (val.jsonl becomes one unreadable line)', ('issue23', 'runs'), RUNS),
+    B('log_json_overwrites', 'runs.py', "with open(self.path / name, 'a') as fh:", "with open(self.path / name, 'w') as fh:",
+      'a JSON-lines log keeps only its last record', ('issue23', 'runs'), RUNS),
+
+    B('total_steps_floor', 'learner.py', 'self.total_steps = math.ceil(cfg.episodes / self.per_step)', 'self.total_steps = cfg.episodes // self.per_step',
+      'episodes not a multiple of accumulation: the last partial step is dropped', ('issue23', 'learner'), LRN),
+    B('cosine_over_episodes', 'learner.py', 'math.cos(math.pi * min(step, self.total_steps) / self.total_steps)', 'math.cos(math.pi * min(step, self.total_steps) / self.cfg.episodes)',
+      'the cosine schedule runs over episodes instead of optimiser steps', ('issue23', 'learner'), LRN),
+    B('validate_on_multiples_only', 'learner.py', 'crossed = lambda every: every and before // every != self.episode // every',
+      'crossed = lambda every: every and self.episode % every == 0',
+      'validation only when the episode count is a multiple of val_every (skipped when accumulation does not divide it)', ('issue23', 'learner'), LRN),
+    B('metrics_lr_of_next_step', 'learner.py', 'lr=self.lr_at(self.step - 1),', 'lr=self.lr_at(self.step),',
+      'metrics.csv records the next step\'s learning rate', ('issue23', 'learner'), LRN),
+
+    B('kd_temperature_ignored', 'karmma/model.py', 'out[\'logits\'][t], cfg.kd_temperature) for t in cfg.targets]', 'out[\'logits\'][t], 1.) for t in cfg.targets]',
+      'kd_temperature ignored: a T = 4 distillation trains at T = 1', ('issue23', 'karmma'), KAR),
+    B('kd_no_t_squared', 'karmma/model.py', "reduction='batchmean', log_target=True) * T * T", "reduction='batchmean', log_target=True) * T",
+      'the distillation loss is scaled by T instead of T²', ('issue23', 'karmma'), KAR),
+    B('kd_teacher_not_softened', 'karmma/model.py', 'F.log_softmax(teacher_logits / T, -1)', 'F.log_softmax(teacher_logits, -1)',
+      "the teacher's distribution is not softened by T", ('issue23', 'karmma'), KAR),
+    B('kd_student_not_softened', 'karmma/model.py', 'F.log_softmax(student_logits / T, -1)', 'F.log_softmax(student_logits, -1)',
+      "the student's distribution is not softened by T", ('issue23', 'karmma'), KAR),
+    B('karmma_loss_weights_fixed', 'karmma/model.py', 'return cfg.ce_weight * ce + cfg.aux_weight * aux,', 'return 0.7 * ce + 0.3 * aux,',
+      'ce_weight and aux_weight ignored (the paper values always)', ('issue23', 'karmma'), KAR),
+    B('karmma_best_is_last', 'karmma/train.py', "best=r['accuracy'] > self.best)", 'best=True)',
+      "KARMMA's best checkpoint is the last validated one", ('issue23', 'karmma'), KAR),
+    B('karmma_ends_on_last', 'karmma/train.py', 'if self.run.best.exists():   # end on the selected weights', 'if False:',
+      'a KARMMA run ends on its last weights, not the selected ones', ('issue23', 'karmma'), KAR),
 ]
 BY_NAME = {b.name: b for b in BREAKS}
 assert len(BY_NAME) == len(BREAKS), 'two breaks share a name'
