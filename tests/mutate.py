@@ -213,7 +213,7 @@ BREAKS = [
       'the reference preset reads the prompt token', ('preset',), CONFIG),
     B('preset_reference_otam', 'config.py', "otam_variant='reference', detach_confidence", "otam_variant='paper', detach_confidence",
       'the reference preset uses the paper OTAM recursion', ('preset',), CONFIG),
-    B('preset_synthetic_logit_scale', 'config.py', 'logit_scale=5.,', 'logit_scale=1.,',
+    B('preset_synthetic_logit_scale', 'config.py', "crop=56, logit_scale=5., lr=1e-3,\n", "crop=56, logit_scale=1., lr=1e-3,\n",
       'the synthetic benchmark trains on unscaled logits (does not train at all)', ('preset',), CONFIG),
     B('preset_ssv2_flip', 'config.py', "'ssv2_small': dict(flip=False)", "'ssv2_small': dict(flip=True)",
       'SSv2-Small clips are flipped in training', ('preset',), CONFIG),
@@ -378,7 +378,7 @@ BREAKS = [
     B('resize_truncates', 'video.py', 'nh, nw = (size, max(1, round(w * size / h)))', 'nh, nw = (size, max(1, int(w * size / h)))',
       'the longer side of a resized clip is truncated instead of rounded', ('issue23', 'video'), VID),
 
-    B('query_reuses_support_draws', 'episodes.py', 'query=_load_records(spec.query, *args, len(spec.support)),', 'query=_load_records(spec.query, *args, 0),',
+    B('query_reuses_support_draws', 'episodes.py', 'query=_load_records(spec.query, *args, len(spec.support), self.sampling),', 'query=_load_records(spec.query, *args, 0, self.sampling),',
       'the queries draw the same augmentations as the support videos', ('issue23', 'episodes'), EPI),
     B('one_draw_per_episode', 'episodes.py', 'rng = np.random.default_rng([seed, rank, index, offset + j])', 'rng = np.random.default_rng([seed, rank, index, offset])',
       'every support video (and every query) of an episode gets the same crop, flip and frames', ('issue23', 'episodes'), EPI),
@@ -386,7 +386,7 @@ BREAKS = [
       'every episode draws the same augmentations', ('issue23', 'episodes'), EPI),
     B('sampler_exact_need_rejected', 'episodes.py', 'short = {c: len(v) for c, v in by_class.items() if len(v) < need}', 'short = {c: len(v) for c, v in by_class.items() if len(v) <= need}',
       'a class with exactly shot + query videos is refused by the sampler', ('issue23', 'episodes'), EPI),
-    B('eval_clips_random', 'episodes.py', 'self.frames, self.transform, False, np.random.default_rng(0))', 'self.frames, self.transform, True, np.random.default_rng(0))',
+    B('eval_clips_random', 'episodes.py', 'self.frames, self.transform, False, np.random.default_rng(0),', 'self.frames, self.transform, True, np.random.default_rng(0),',
       'evaluation clips (feature cache) sample frames at random positions', ('issue23', 'episodes'), EPI),
 
     B('metrics_header_every_row', 'runs.py', '            if new: w.writeheader()\n', '            w.writeheader()\n',
