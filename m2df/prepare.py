@@ -27,8 +27,8 @@ PREPARE_MODES = ('frames', 'video')
 def scaled_size(w:int, h:int, short_side:int) -> tuple:
     "(width, height) with the shorter side brought down to `short_side` (never enlarged), both even."
     s = min(1., short_side / min(w, h))
-    even = lambda x: max(2, int(round(x / 2)) * 2)
-    return even(w * s), even(h * s)
+    even = lambda x, n: max(2, min(int(round(x / 2)) * 2, n // 2 * 2))   # never above the source side (63 -> 62, not 64)
+    return even(w * s, w), even(h * s, h)
 
 def _source_frames(src:Path):
     "Yield (frame as an av.VideoFrame or PIL image, fps) of a video file or frame folder, one at a time."

@@ -215,6 +215,10 @@ class RunLock:
         os.fsync(fd)
         return fd
 
+    def holder(self) -> dict:
+        "The record (pid, host, start, command) in the lock file this process holds, read through the held descriptor."
+        return _lock_holder(_HELD[self._key()][0].fd)   # opening and closing the file again would drop a POSIX lock
+
     def release(self):
         "Drop this holder; the lock itself goes with the last one of this process."
         held = _HELD.get(self._key())

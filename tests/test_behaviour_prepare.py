@@ -89,3 +89,11 @@ def test_output_paths():
     assert output_path(root, 'ApplyLipstick/v_1.MP4', 'video', ucf) == root / 'ApplyLipstick' / 'v_1.MP4'
     assert output_path(root, 'ApplyLipstick/v_1.avi', 'video', ucf) == root / 'ApplyLipstick' / 'v_1.avi.mp4'
     assert output_path(root, 'air drumming/x', 'video', kin) == root / 'air_drumming' / 'x.mp4'   # one folder per class
+
+
+@pytest.mark.parametrize('w,h,want', [((63), 61, (62, 60)), (61, 63, (60, 62)), (65, 255, (64, 254)), (257, 255, (256, 254)),
+                                      (2, 3, (2, 2))])
+def test_an_odd_side_is_never_enlarged_to_even(w, h, want):
+    "Sides below the short side stay as they are, brought down (never up) to even: 63 -> 62, 61 -> 60."
+    from m2df.prepare import scaled_size
+    assert scaled_size(w, h, 256) == want
