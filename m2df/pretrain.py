@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+import m2df.progress   # first: silences tqdm.auto's ipywidgets warning (open_clip imports it)
 import open_clip
 
 from .world import (WORLD_CLIP, CAPTION_TEMPLATE, pool_item, world_root, world_split_classes, class_name, parse_class)

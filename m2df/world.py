@@ -208,7 +208,9 @@ WORLD_CLIP_CONFIG = dict(embed_dim=64, text_cfg=dict(context_length=32, vocab_si
 
 def register_world_clip() -> str:
     "Register the open_clip config `m2df-world-vit` (idempotent); return its name."
-    import atexit, shutil, tempfile, open_clip
+    import atexit, shutil, tempfile
+    import m2df.progress   # first: silences tqdm.auto's ipywidgets warning (open_clip imports it)
+    import open_clip
     if open_clip.get_model_config(WORLD_CLIP) == WORLD_CLIP_CONFIG: return WORLD_CLIP
     d = Path(tempfile.mkdtemp(prefix='m2df-world-config-'))
     atexit.register(shutil.rmtree, d, True)
