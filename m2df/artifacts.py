@@ -14,15 +14,21 @@ import numpy as np, pandas as pd, torch, torch.nn.functional as F
 import matplotlib
 import matplotlib.pyplot as plt
 
-from .config import M2DFConfig, make_config, METHOD_PRESETS
+from .config import BENCHMARK_PRESETS, M2DFConfig, make_config, METHOD_PRESETS, config_with
+from .datacheck import data_identity, usable_split
+from .episodes import EpisodeSampler
+from .evaluate import encode_videos, episodes_of
+from .fusion import class_prototypes
+from .learner import Learner, load_trained_model
+from .runs import RunDir, RunLock, check_pinned_data
 from .evaluate import mean_ci95, paired_difference
 
 # %% auto #0
 __all__ = ['VARIANTS', 'ABLATION_GROUPS', 'REFERENCE_ROW', 'BUDGET_FIELDS', 'VARIANT_FIELDS', 'CPU_BUDGET', 'QUICK_VARIANTS',
            'RESULT_NEUTRAL_FIELDS', 'CONFIG_FIELDS', 'EPISODE_KEYS', 'RUN_COLUMNS', 'PUBLISHED_COLUMNS', 'GRADES',
            'PUBLISHED_NOT_LISTED', 'REPRESENTATIONS', 'repo_root', 'default_runs_dir', 'default_figures_dir',
-           'driver_dirs', 'config_with', 'Variant', 'infer_variant', 'budget_overrides', 'as_list', 'data_root_for',
-           'seeds_for', 'config_key', 'setting_key', 'run_path', 'config_differences', 'notebook_overrides',
+           'driver_dirs', 'Variant', 'infer_variant', 'budget_overrides', 'as_list', 'data_root_for', 'seeds_for',
+           'config_key', 'setting_key', 'run_path', 'config_differences', 'notebook_overrides',
            'train_notebook_parameters', 'notebook_parameters', 'ensure_run', 'grid_configs', 'fit_test_at', 'run_grid',
            'load_run', 'collect_runs', 'find_runs', 'reference_groups', 'paired_to_reference', 'crossed_mean_ci95',
            'seed_ci95', 'seed_summary', 'load_published', 'markdown_table', 'fmt_acc', 'column_name', 'main_tables',
@@ -56,10 +62,6 @@ def driver_dirs(runs_dir=None, figures_dir=None, start=None) -> tuple:
     return runs, figures, scratch
 
 # %% ../nbs/15_artifacts.ipynb #024ec37a
-def config_with(dataset: str, preset: str, overrides: dict) -> M2DFConfig:
-    "`make_config(dataset, preset)` with `overrides` set as given: a None sets the field to None (random weights, ...)."
-    return make_config(dataset, preset, **overrides)
-
 @dataclass(frozen=True)
 class Variant:
     "One method variant: a method preset of `m2df.config` plus overrides, with its display label and ablation group."
@@ -230,8 +232,6 @@ def _check_saved(run_dir: Path, cfg: M2DFConfig):
         raise ValueError(f'run folder {run_dir} holds another configuration ({lines}); use another folder or rerun=True')
     pinned = run_dir / 'data.json'
     if not pinned.exists(): return
-    from m2df.datacheck import data_identity
-    from m2df.runs import check_pinned_data
     was, now = json.loads(pinned.read_text()), data_identity(cfg)
     if was.get('data_root') != now['data_root']:
         raise ValueError(f"run folder {run_dir} was trained on the videos under {was.get('data_root')}, asked "
@@ -246,7 +246,6 @@ def ensure_run(cfg: M2DFConfig, run_dir,
                progress: bool = False) -> Path:  # tqdm bars while training
     "The folder of a finished run of `cfg` and its data (holding test.json), training or resuming it when needed."
     from filelock import FileLock
-    from m2df.runs import RunLock
     if driver not in ('package', 'papermill'): raise ValueError(f"driver = {driver!r}: choose 'package' or 'papermill'")
     run_dir = Path(run_dir)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -258,7 +257,6 @@ def ensure_run(cfg: M2DFConfig, run_dir,
             _check_saved(run_dir, cfg)
             if (run_dir / 'test.json').exists(): return run_dir
             if driver == 'package':
-                from m2df.learner import Learner
                 Learner(cfg, run_dir, progress=progress).fit()
         if driver == 'papermill': _run_train_notebook(cfg, run_dir, notebook)   # its learner takes the folder's lock itself
         _check_saved(run_dir, cfg)
@@ -441,7 +439,6 @@ def load_published(path=None) -> pd.DataFrame:
     df = pd.read_csv(io.StringIO('\n'.join(lines)), dtype={'note': str, 'grade': str}, keep_default_na=False)
     missing = [c for c in PUBLISHED_COLUMNS if c not in df]
     if missing: raise ValueError(f'{name}: missing column(s) {missing}; expected {list(PUBLISHED_COLUMNS)}')
-    from m2df.config import BENCHMARK_PRESETS
     for i, r in df.iterrows():
         where = f'{name}: data row {i + 1} ({r.method}, {r.dataset})'
         if r.dataset not in BENCHMARK_PRESETS: raise ValueError(f'{where}: unknown dataset {r.dataset!r}')
@@ -711,8 +708,6 @@ REPRESENTATIONS = {'raw': 'CLIP frames', 'local': 'LTCE view', 'global': 'GTCE v
 
 def load_run_model(run_dir, checkpoint: str = 'best', device='cpu'):
     "(model, cfg) of a finished run: its config, and the weights of its best (or last) checkpoint, in eval mode."
-    from m2df.learner import load_trained_model
-    from m2df.runs import RunDir
     run = RunDir(run_dir)
     path = run.best if checkpoint == 'best' and run.best.exists() else run.last
     model, cfg, _ = load_trained_model(path, device)   # weights from the checkpoint (frozen towers it left out: from pretrained)
@@ -730,12 +725,9 @@ def episode_embeddings(model, cfg: M2DFConfig,
                        query: Optional[int] = None,  # queries per class (default cfg.eval_query)
                        device=None) -> tuple:
     "(DataFrame of vectors: representation, role, class, label; the episode's query accuracy) for one evaluation episode."
-    from m2df.episodes import EpisodeSampler, benchmark_split
-    from m2df.evaluate import encode_videos
-    from m2df.fusion import class_prototypes
     device = device or next(model.parameters()).device
     shot, query = shot or cfg.shot, query or cfg.eval_query
-    sp = benchmark_split(cfg, split)
+    sp = usable_split(cfg, split)
     spec = EpisodeSampler(sp, cfg.way, shot, query, seed=cfg.eval_seed).episode(index)
     feats = encode_videos(model, spec.support + spec.query, cfg, device=device)
     fs = torch.stack([feats[r.path] for r in spec.support]).to(device)
@@ -810,7 +802,6 @@ def plot_tsne(panels: dict, suptitle: str = ''):
 # %% ../nbs/15_artifacts.ipynb #0a9cf144
 def query_counts(cfg: M2DFConfig, split: str = 'test', n_episodes: Optional[int] = None) -> dict:
     "Number of queries of each class (by prompt name) over the fixed evaluation episodes of `cfg`."
-    from m2df.evaluate import episodes_of
     sp, specs = episodes_of(cfg, split, n_episodes or (cfg.val_episodes if split == 'val' else cfg.test_episodes))
     counts = {}
     for s in specs:
