@@ -8,13 +8,13 @@ import argparse, dataclasses, inspect, io, json, subprocess, sys, textwrap, time
 from pathlib import Path
 import m2df
 from .config import ConfigError, M2DFConfig, coerce_value
-from .datacheck import DataCheckError, check_before_training, main as check_main
+from . import datacheck, learner, prepare   # their `main`s are looked up when a command runs (tests replace them)
+from .datacheck import DataCheckError, check_before_training
 from .evaluate import evaluate
 from .karmma.data import KarmmaDataset, karmma_synthetic_root
 from .karmma.model import KarmmaConfig, make_karmma_config
 from .karmma.train import KarmmaTrainer, evaluate_all_modalities, load_karmma_model
-from .learner import cli_config, evaluation_record_path, load_trained_model, main as learner_main
-from .prepare import main as prepare_main
+from .learner import evaluation_record_path, load_trained_model
 from .runs import write_new_text
 from .splits import SplitError
 
@@ -235,15 +235,15 @@ def _bool(name, v):
 def run_command(cmd:str, p:argparse.ArgumentParser, argv:list):
     "Run one subcommand; its exit status."
     if cmd == 'prepare':
-        return prepare_main(argv, parser=OneLineParser, prog='m2df prepare')
+        return prepare.main(argv, parser=OneLineParser, prog='m2df prepare')
     kw = config_words(p, argv)
     if cmd == 'train':
         words = as_words(kw)
-        cli_config(words)                      # a bad setting: one line and exit 2 before anything starts
-        learner_main(words); return 0
+        learner.cli_config(words)                      # a bad setting: one line and exit 2 before anything starts
+        learner.main(words); return 0
     if cmd == 'check':
-        cli_config(as_words(kw))               # a bad setting: one line and exit 2
-        return check_main(as_words(kw))
+        learner.cli_config(as_words(kw))               # a bad setting: one line and exit 2
+        return datacheck.main(as_words(kw))
     if cmd == 'evaluate':
         if not kw.get('checkpoint'): raise UsageError('m2df evaluate: error: checkpoint=<best.pt or last.pt> is required')
         hints, defaults = typing.get_type_hints(M2DFConfig), {f.name: f.default for f in dataclasses.fields(M2DFConfig)}
