@@ -7,6 +7,16 @@ from __future__ import annotations
 import argparse, dataclasses, inspect, io, json, subprocess, sys, textwrap, time, tokenize, typing
 from pathlib import Path
 import m2df
+from .config import ConfigError, M2DFConfig, coerce_value
+from . import datacheck, learner, prepare   # their `main`s are looked up when a command runs (tests replace them)
+from .datacheck import DataCheckError, check_before_training
+from .evaluate import evaluate
+from .karmma.data import KarmmaDataset, karmma_synthetic_root
+from .karmma.model import KarmmaConfig, make_karmma_config
+from .karmma.train import KarmmaTrainer, evaluate_all_modalities, load_karmma_model
+from .learner import evaluation_record_path, load_trained_model
+from .runs import write_new_text
+from .splits import SplitError
 
 # %% auto #0
 __all__ = ['TRAIN_WORDS', 'EVAL_WORDS', 'CHECK_WORDS', 'KARMMA_WORDS', 'COMMANDS', 'field_comments', 'type_word', 'default_word',
@@ -135,8 +145,6 @@ COMMANDS = ('train', 'evaluate', 'check', 'prepare', 'karmma')
 
 def build_parser() -> dict:
     "{'': the `m2df` parser, command: its subparser} (prepare's options are m2df.prepare's own)."
-    from m2df.config import M2DFConfig
-    from m2df.karmma.model import KarmmaConfig
     top = OneLineParser(prog='m2df', description='CLIP-M2DF and KARMMA: train, evaluate, check and prepare data.',
                         epilog='m2df <command> --help lists every setting of a command.')
     top.add_argument('--version', action='version', version=version_line())
@@ -189,11 +197,6 @@ def evaluate_checkpoint(checkpoint,          # a best.pt / last.pt written by tr
                         progress:bool=True,  # progress bars or lines
                         **overrides) -> tuple: # config fields to change (data paths, episode counts); None sets None
     "(scores, their JSON file) of a checkpoint on the fixed episodes of `split`: as nbs/evaluate.ipynb, without a notebook."
-    from m2df.datacheck import check_before_training
-    from m2df.evaluate import evaluate
-    from m2df.learner import load_trained_model
-    from m2df.learner import evaluation_record_path
-    from m2df.runs import write_new_text
     if split not in ('test', 'val'): raise UsageError(f'm2df evaluate: error: split must be test or val, got {split!r}')
     if not Path(checkpoint).is_file(): raise FileNotFoundError(f'no checkpoint at {checkpoint}')
     model, cfg, state = load_trained_model(checkpoint, check=lambda c: check_before_training(c, splits=[split]), **overrides)
@@ -209,16 +212,11 @@ def evaluate_checkpoint(checkpoint,          # a best.pt / last.pt written by tr
 # %% ../nbs/30_cli.ipynb #b0500109
 def train_karmma(role:str='teacher', scale=None, run_dir=None, teacher=None, progress:bool=True, **fields) -> dict:
     "Train one KARMMA model of `role` on the synthetic multimodal benchmark; its validation accuracy with every modality."
-    from m2df.karmma.model import make_karmma_config
-    from m2df.karmma.data import KarmmaDataset, karmma_synthetic_root
-    from m2df.karmma.train import KarmmaTrainer, evaluate_all_modalities, load_karmma_model
     dataset = fields.pop('dataset', None) or 'synthetic'
     if dataset != 'synthetic':
         raise UsageError(f"m2df karmma: error: dataset={dataset!r}: the real datasets need their annotations and boxes; run "
                          f"papermill nbs/karmma.ipynb runs/karmma.ipynb -p dataset {dataset} -p data_root ... -p annotations ...")
     if role == 'student' and not teacher: raise UsageError('m2df karmma: error: role=student distils: pass teacher=<the teacher run\'s last.pt>')
-    from m2df.config import coerce_value
-    from m2df.karmma.model import KarmmaConfig
     hints, defaults = typing.get_type_hints(KarmmaConfig), {f.name: f.default for f in dataclasses.fields(KarmmaConfig)}
     fields = {k: v if v is None else coerce_value(k, v, hints[k], defaults[k]) for k, v in fields.items()}   # words are strings
     cfg = make_karmma_config(dataset, role, scale, **fields)
@@ -232,28 +230,22 @@ def train_karmma(role:str='teacher', scale=None, run_dir=None, teacher=None, pro
 
 # %% ../nbs/30_cli.ipynb #f8ba13af
 def _bool(name, v):
-    from m2df.config import coerce_value
     return coerce_value(name, v if v is not None else 'true', bool)
 
 def run_command(cmd:str, p:argparse.ArgumentParser, argv:list):
     "Run one subcommand; its exit status."
     if cmd == 'prepare':
-        from m2df.prepare import main as prepare_main
-        return prepare_main(argv, parser=OneLineParser, prog='m2df prepare')
+        return prepare.main(argv, parser=OneLineParser, prog='m2df prepare')
     kw = config_words(p, argv)
     if cmd == 'train':
-        from m2df.learner import cli_config, main as learner_main
         words = as_words(kw)
-        cli_config(words)                      # a bad setting: one line and exit 2 before anything starts
-        learner_main(words); return 0
+        learner.cli_config(words)                      # a bad setting: one line and exit 2 before anything starts
+        learner.main(words); return 0
     if cmd == 'check':
-        from m2df.learner import cli_config
-        from m2df.datacheck import main as check_main
-        cli_config(as_words(kw))               # a bad setting: one line and exit 2
-        return check_main(as_words(kw))
+        learner.cli_config(as_words(kw))               # a bad setting: one line and exit 2
+        return datacheck.main(as_words(kw))
     if cmd == 'evaluate':
         if not kw.get('checkpoint'): raise UsageError('m2df evaluate: error: checkpoint=<best.pt or last.pt> is required')
-        from m2df.config import M2DFConfig, coerce_value
         hints, defaults = typing.get_type_hints(M2DFConfig), {f.name: f.default for f in dataclasses.fields(M2DFConfig)}
         for k in [k for k in kw if k in hints]: coerce_value(k, kw[k], hints[k], defaults[k])   # a bad value before the checkpoint is read
         r, out = evaluate_checkpoint(kw.pop('checkpoint'), kw.pop('split', None) or 'test', kw.pop('out', None),
@@ -271,9 +263,6 @@ def run_command(cmd:str, p:argparse.ArgumentParser, argv:list):
 # %% ../nbs/30_cli.ipynb #c359e615
 def main(argv=None) -> int:
     "The `m2df` console command; every error is one line on stderr and exit status 2."
-    from m2df.config import ConfigError
-    from m2df.splits import SplitError
-    from m2df.datacheck import DataCheckError
     argv = sys.argv[1:] if argv is None else list(argv)
     ps = build_parser()
     if not argv or argv[0] not in COMMANDS:

@@ -14,7 +14,8 @@ __all__ = ['VIEWS', 'PPS_MODES', 'DISTILL_CONDITIONS', 'DISTILL_DIRECTIONS', 'TE
            'DISTILL_NONE_REDUCTIONS', 'VIDEO_TEXT_HEADS', 'BN_MODES', 'CLASS_NAMINGS', 'FRAME_SAMPLINGS',
            'MAX_DEFAULT_WORKERS', 'BACKBONE_WIDTHS', 'METHOD_PRESETS', 'REFERENCE_FIXES', 'BENCHMARK_PRESETS',
            'AUTHORS_MAIN_SCRIPT', 'PRESET_CASES', 'AUTHORS_MISTAKES', 'default_num_workers', 'M2DFConfig',
-           'ConfigError', 'coerce_value', 'field_types', 'coerce_fields', 'make_config', 'authors_mistakes']
+           'ConfigError', 'coerce_value', 'field_types', 'coerce_fields', 'parse_overrides', 'config_with',
+           'make_config', 'authors_mistakes']
 
 # %% ../nbs/00_config.ipynb #d6630cb4
 VIEWS = ('local', 'global', 'raw')           # LTCE view, GTCE view, plain CLIP frames (baseline)
@@ -348,6 +349,19 @@ PRESET_CASES = {
     # the synthetic benchmark keeps its own budget (200 episodes): the authors' scoring points at the same fractions
     **{(p, 'synthetic', None): dict(test_at=(140, 160, 180, 200)) for p in ('reference', 'reference_fixed')},
 }
+
+def parse_overrides(args) -> dict:
+    "`key=value` command-line words as {key: value string} (`none`/`null` -> None); the config converts each to its field's type."
+    out = {}
+    for a in args:
+        if '=' not in a: raise ConfigError(f'arguments are key=value, got {a!r}')
+        k, v = a.split('=', 1)
+        out[k] = None if v.strip().lower() in ('none', 'null') else v
+    return out
+
+def config_with(dataset: str, preset: str, overrides: dict) -> M2DFConfig:
+    "`make_config(dataset, preset)` with `overrides` set as given: a None sets the field to None (random weights, ...)."
+    return make_config(dataset, preset, **overrides)
 
 def make_config(dataset:str='synthetic', # benchmark name (a key of `BENCHMARK_PRESETS`)
                 preset:str='paper',      # method preset (a key of `METHOD_PRESETS`)

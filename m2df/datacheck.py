@@ -14,11 +14,14 @@ from .config import ConfigError
 from .splits import SPLITS, Split, cache_root, file_sha256
 from .video import VideoError, open_video, resolve_video
 from .runs import atomic_write_text
+from .config import config_with, parse_overrides
+from .episodes import benchmark_data_root, benchmark_split, ssv2_labels_file
+from .progress import progress_bar
 
 # %% auto #0
 __all__ = ['DataCheckError', 'probe_video', 'file_stamp', 'ProbeCache', 'available_cores', 'probe_many', 'Problem', 'DataReport',
            'read_split_lists', 'check_feasible', 'data_identity', 'check_data', 'check_message', 'append_data_check',
-           'data_checks', 'check_before_training', 'drop_unusable', 'main']
+           'data_checks', 'check_before_training', 'drop_unusable', 'usable_split', 'main']
 
 # %% ../nbs/16_datacheck.ipynb #7fb92ed4
 class DataCheckError(RuntimeError):
@@ -86,8 +89,7 @@ def probe_many(paths:Sequence[str],         # video files or frame folders
     workers = min(workers or available_cores(), max(1, len(paths)))
     bar = None
     if progress and paths:
-        from m2df.progress import progress_bar as tqdm
-        bar = tqdm(total=len(paths), desc=desc, unit='video')
+        bar = progress_bar(total=len(paths), desc=desc, unit='video')
     try:
         if workers <= 1 or len(paths) < 16:
             out = []
@@ -159,8 +161,7 @@ def _median(xs): return int(statistics.median(xs)) if xs else 0
 
 def read_split_lists(cfg:M2DFConfig, splits:Sequence[str]=SPLITS) -> dict:
     "Every split list of `cfg` read and checked (and, for ssv2_full, its labels file): {split: Split}. Cheap; no video is opened."
-    from m2df.episodes import benchmark_split
-    return {s: benchmark_split(cfg, s, drop=False) for s in splits}
+    return {s: benchmark_split(cfg, s) for s in splits}
 
 def check_feasible(cfg:M2DFConfig, lists:dict):
     "A `ConfigError` naming the field when an episode of `cfg` cannot be drawn from the split lists `lists` ({split: Split})."
@@ -179,7 +180,6 @@ def check_feasible(cfg:M2DFConfig, lists:dict):
 
 def data_identity(cfg:M2DFConfig, lists:Optional[dict]=None) -> dict:
     "What data `cfg` reads: its data root and the sha256 of each split list (and of the SSv2 labels file), for data.json."
-    from m2df.episodes import benchmark_data_root, ssv2_labels_file
     lists = lists if lists is not None else read_split_lists(cfg)
     files = {s: dict(file=str(Path(sp.file).resolve()), sha256=file_sha256(sp.file)) for s, sp in lists.items()}
     if cfg.dataset == 'ssv2_full':
@@ -191,7 +191,6 @@ def check_data(cfg:M2DFConfig,                  # dataset, data_root, splits_dir
                progress:bool=True,              # progress bars
                cache_dir=None) -> DataReport:   # probe cache folder (default: <m2df cache>/datacheck)
     "Read the split lists of `cfg`, find, open and count every video; the problems per split."
-    from m2df.episodes import benchmark_data_root
     t0 = time.time()
     root = benchmark_data_root(cfg)
     lists = read_split_lists(cfg, splits)                              # every list is read before any video is opened
@@ -278,14 +277,15 @@ def drop_unusable(cfg:M2DFConfig, split:Split) -> Split:
     bad = rep.dropped_lines(split.name)
     return dataclasses.replace(split, videos=[v for v in split.videos if v.line not in bad]) if bad else split
 
+def usable_split(cfg:M2DFConfig, name:str) -> Split:
+    "The `name` split as training and evaluation sample it: without what the data check rejects when `cfg.drop_missing`."
+    sp = benchmark_split(cfg, name)
+    return drop_unusable(cfg, sp) if cfg.drop_missing else sp
+
 # %% ../nbs/16_datacheck.ipynb #f26c7d5b
 def main(argv=None) -> int:
     "Entry point of `python -m m2df.datacheck key=value ...`."
     import sys
-    from m2df.learner import parse_overrides
-    from m2df.artifacts import config_with
-    if argv is None: argv = sys.argv[1:]
-    if argv and argv[0] in ('-h', '--help'): from m2df.cli import main as cli; return cli(['check', '--help'])
     kw = parse_overrides(sys.argv[1:] if argv is None else argv)
     cfg = config_with(kw.pop('dataset', 'synthetic'), kw.pop('preset', 'paper'), kw)
     rep = check_data(cfg)
@@ -294,5 +294,8 @@ def main(argv=None) -> int:
 
 # %% ../nbs/16_datacheck.ipynb #52d14c8b
 if __name__ == '__main__' and '__file__' in globals():
+    # run as a program: this file is `__main__`, m2df.cli imports m2df.datacheck apart from it
     import sys
+    if sys.argv[1:2] in (['-h'], ['--help']):
+        from m2df.cli import main as cli; sys.exit(cli(['check', '--help']))   # the help of `m2df check`: every setting
     sys.exit(main())

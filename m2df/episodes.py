@@ -14,6 +14,9 @@ from torch.utils.data import Dataset, DataLoader, get_worker_info
 from .config import M2DFConfig
 from .splits import BENCHMARKS, Split, VideoRecord, load_split
 from .video import ClipTransform, VideoError, load_clip, resolve_video
+from .splits import SSV2_LABELS
+from .synthetic import synthetic_root
+from .world import world_root
 import m2df.world   # registers the 'world' benchmark (m2df.splits.BENCHMARKS) and its CLIP config 'm2df-world-vit'
 
 # %% auto #0
@@ -24,10 +27,8 @@ __all__ = ['benchmark_data_root', 'benchmark_split', 'clip_transform', 'ssv2_lab
 def benchmark_data_root(cfg: M2DFConfig) -> Path:
     "The folder of class folders of videos for `cfg.dataset`; a clear error with the expected layout when it is missing."
     if cfg.dataset == 'synthetic' and cfg.data_root is None:
-        from m2df.synthetic import synthetic_root
         return synthetic_root() / 'videos'
     if cfg.dataset == 'world' and cfg.data_root is None:
-        from m2df.world import world_root
         return world_root() / 'videos'
     info = BENCHMARKS[cfg.dataset]
     if cfg.data_root is None or not Path(cfg.data_root).is_dir():
@@ -38,21 +39,15 @@ def benchmark_data_root(cfg: M2DFConfig) -> Path:
             f"Download the videos from {info.videos_url} and pass data_root=<that folder> (papermill: -p data_root <folder>).")
     return Path(cfg.data_root)
 
-def benchmark_split(cfg: M2DFConfig, name: str,
-                    drop: bool = True) -> Split:  # honour cfg.drop_missing (leave out what the data check rejects)
+def benchmark_split(cfg: M2DFConfig, name: str) -> Split:
     "The `name` split (train, val or test) of `cfg.dataset`, from `cfg.splits_dir` or the package's cache."
     if cfg.dataset == 'synthetic' and cfg.splits_dir is None:
-        from m2df.synthetic import synthetic_root
         sp = load_split('synthetic', name, splits_dir=synthetic_root() / 'splits')
     elif cfg.dataset == 'world' and cfg.splits_dir is None:
-        from m2df.world import world_root
         sp = load_split('world', name, splits_dir=world_root() / 'splits')
     else:
         labels = ssv2_labels_file(cfg) if cfg.dataset == 'ssv2_full' else None
         sp = load_split(cfg.dataset, name, splits_dir=cfg.splits_dir, labels_json=labels, naming=cfg.class_names, shot=cfg.shot)
-    if drop and cfg.drop_missing:
-        from m2df.datacheck import drop_unusable
-        sp = drop_unusable(cfg, sp)
     return sp
 
 def clip_transform(cfg: M2DFConfig, train: bool) -> ClipTransform:
@@ -63,7 +58,6 @@ def clip_transform(cfg: M2DFConfig, train: bool) -> ClipTransform:
 # %% ../nbs/04_episodes.ipynb #7942c2f5
 def ssv2_labels_file(cfg: M2DFConfig) -> Path:
     "The SSv2 labels file of an ssv2_full config: `cfg.ssv2_labels`, else the first standard place that holds it."
-    from m2df.splits import SSV2_LABELS
     what = (f"ssv2_full class folders are numeric Something-Something v2 label ids; the class names come from {SSV2_LABELS}, "
             f"a JSON object {{\"<action template>\": \"<id>\", ...}} (174 templates, ids 0-173) in the SSv2 annotations "
             f"download ({BENCHMARKS['ssv2_full'].videos_url}, the 'labels' archive)")
@@ -173,12 +167,13 @@ def episode_loader(cfg: M2DFConfig,        # the run's config (dataset, frames, 
                    train: Optional[bool] = None,  # augmentation and Q; default: split == 'train'
                    seed: Optional[int] = None,    # default: cfg.seed for training, cfg.eval_seed otherwise
                    rank: int = 0, start: int = 0,  # distributed rank; first episode id
-                   augment: Optional[bool] = None) -> DataLoader:  # default: train and cfg.train_augment
+                   augment: Optional[bool] = None,  # default: train and cfg.train_augment
+                   split_data: Optional[Split] = None) -> DataLoader:  # the split to sample (default: benchmark_split(cfg, split))
     "A DataLoader of decoded episodes of `split` (one episode per item, decoded in `cfg.num_workers` workers)."
     train = split == 'train' if train is None else train
     augment = (train and cfg.train_augment) if augment is None else augment
     seed = (cfg.seed if train else cfg.eval_seed) if seed is None else seed
-    sp = benchmark_split(cfg, split)
+    sp = benchmark_split(cfg, split) if split_data is None else split_data
     sampler = EpisodeSampler(sp, cfg.way, cfg.shot, cfg.query if train else cfg.eval_query, seed=seed, rank=rank)
     ds = EpisodeDataset(sampler, benchmark_data_root(cfg), cfg.frames, clip_transform(cfg, augment), augment, n_episodes, start,
                        cfg.frame_sampling)

@@ -14,7 +14,9 @@ from torch.utils.data import DataLoader
 from .config import M2DFConfig
 from .episodes import (EpisodeSampler, VideoClipDataset, benchmark_data_root, benchmark_split, clip_transform,
                            episode_loader)
-from .runs import atomic_write_text
+from .runs import _is_torchscript_zip, atomic_write_text, save_checkpoint
+from .datacheck import usable_split
+from .progress import progress_bar
 from .video import VideoError, resolve_video
 
 # %% auto #0
@@ -63,7 +65,7 @@ def encode_videos(model, records, cfg: M2DFConfig, batch_size: int = 16, device=
     feats = {}
     it = dl
     if progress:
-        from m2df.progress import progress_bar as tqdm; it = tqdm(dl, desc='encoding videos', leave=False)
+        it = progress_bar(dl, desc='encoding videos', leave=False)
     amp = torch.autocast('cuda', dtype=getattr(torch, cfg.amp_dtype)) if device.type == 'cuda' and cfg.amp else nullcontext()
     for x, paths in it:
         with amp: f = model.encode(x.to(device, non_blocking=True)).float().cpu()
@@ -99,7 +101,6 @@ class FeatureCache:
 
     def _load(self, f: Path) -> tuple:
         "(features, identities) of the cache file `f`; a damaged file is named in a warning, set aside and read as empty."
-        from m2df.runs import _is_torchscript_zip
         if _is_torchscript_zip(f): raise RuntimeError(f'{f} is a TorchScript archive, not a feature cache (not loaded)')
         try:
             d = torch.load(f, weights_only=True)
@@ -130,7 +131,6 @@ class FeatureCache:
             store.update(encode_videos(model, missing, cfg, **kw))
             ids.update({r.path: now[r.path][1] for r in missing})
             if f is not None:
-                from m2df.runs import save_checkpoint
                 save_checkpoint(f, dict(format=FEATURE_CACHE_FORMAT, features=store, identity=ids))
         # keep only the current key: the old weights' features will never be asked for again
         for k in [k for k in self.mem if k != key]: del self.mem[k]; self.ids.pop(k, None)
@@ -176,7 +176,7 @@ def episode_generator(seed: int, split: str, index: int, device='cpu') -> torch.
 
 def episodes_of(cfg: M2DFConfig, split: str, n_episodes: int, seed: Optional[int] = None, rank: int = 0):
     "The split and the `n_episodes` fixed evaluation episode specs (no decoding)."
-    sp = benchmark_split(cfg, split)
+    sp = usable_split(cfg, split)   # without what the data check rejects, when cfg.drop_missing
     sampler = EpisodeSampler(sp, cfg.way, cfg.shot, cfg.eval_query, seed=cfg.eval_seed if seed is None else seed, rank=rank)
     return sp, [sampler.episode(i) for i in range(n_episodes)]
 
@@ -215,7 +215,7 @@ def evaluate(model, cfg: M2DFConfig,
         def encoded(ep):
             with amp: f = model.encode(torch.cat([ep['support'], ep['query']]).to(device, non_blocking=True))
             return dict(ep, support=f[:len(ep['support'])], query=f[len(ep['support']):])
-        episodes = map(encoded, episode_loader(cfg, split, n_episodes, train=False))
+        episodes = map(encoded, episode_loader(cfg, split, n_episodes, train=False, split_data=sp))
     else:                                              # every distinct video encoded once, then looked up
         cache = cache if cache is not None else FeatureCache()
         feats = cache.get(model, cfg, split, [r for s in specs for r in s.support + s.query],
@@ -229,7 +229,7 @@ def evaluate(model, cfg: M2DFConfig,
                          support_labels=torch.as_tensor(s.support_labels), query_labels=torch.as_tensor(s.query_labels),
                          class_ids=torch.as_tensor(s.class_ids), index=s.index) for s in specs)
     if progress:
-        from m2df.progress import progress_bar as tqdm; episodes = tqdm(episodes, total=n_episodes, desc=f'{split} episodes', leave=False)
+        episodes = progress_bar(episodes, total=n_episodes, desc=f'{split} episodes', leave=False)
     indices = []
     where = lambda i=0: f'{split} episode {indices[i]}'
     with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []), finite_inputs_guard(model, where):

@@ -11,8 +11,10 @@ from typing import Optional
 import numpy as np, torch, torch.distributed as dist
 
 from .config import ConfigError, M2DFConfig, coerce_value, make_config
-from .config import authors_mistakes
-from .episodes import EpisodeSampler, benchmark_split, episode_loader
+from .config import authors_mistakes, parse_overrides
+from .datacheck import DataCheckError, check_before_training, check_feasible, data_identity, read_split_lists, usable_split
+from .progress import progress_bar
+from .episodes import EpisodeSampler, benchmark_data_root, benchmark_split, episode_loader
 from .evaluate import (FeatureCache, NonFiniteError, evaluate, finite_inputs_guard, nonfinite_parameters,
                            weights_digest)
 from .model import M2DF, m2df_loss
@@ -23,7 +25,7 @@ from .runs import (ARCH_FIELDS, FinishedRunError, ResumeConfigError, RunDir, Run
 # %% auto #0
 __all__ = ['CLI_WORDS', 'resolve_device', 'step_seed', 'seed_everything', 'distributed_env', 'truncate_logs',
            'backbone_bn_training', 'set_bn_training', 'Learner', 'load_trained_model', 'evaluation_record_path',
-           'parse_overrides', 'cli_config', 'main']
+           'cli_config', 'main']
 
 # %% ../nbs/14_learner.ipynb #39b4e28c
 def resolve_device(cfg: M2DFConfig, local_rank: int = 0) -> torch.device:
@@ -97,8 +99,6 @@ class Learner:
                               f'(episodes = {cfg.episodes}) would never be reached')
         self.rank, self.world, self.local_rank = distributed_env()
         self.restart, self.moved_to, self.lock = restart or not resume, None, None
-        from m2df.episodes import benchmark_data_root
-        from m2df.datacheck import check_feasible, read_split_lists
         benchmark_data_root(cfg)            # missing videos: stop now, saying where to get them
         self.lists = read_split_lists(cfg)  # a bad or missing split list or labels file: stop before the weights load
         check_feasible(cfg, self.lists)     # way, shot + query, shot + eval_query against the lists, naming the field
@@ -131,7 +131,6 @@ class Learner:
                     f'be resumed; nothing in it is changed. To train it again from the start pass restart=true (command '
                     f'line restart=true, papermill -p restart True, Learner(..., restart=True)): the old folder is moved to '
                     f'{self.run.path.name}.old-<time> beside it, never deleted. Or use another run_dir.')
-        from m2df.datacheck import check_before_training, data_identity
         self.data = data_identity(cfg, self.lists)
         if not self.restart: check_pinned_data(self.run.path, self.data)   # a resumption reads the lists it started with
         if self.rank == 0 and self.restart: self.moved_to = self.lock.move_aside()
@@ -161,7 +160,7 @@ class Learner:
         self.episode_digest = ''                                            # chained digest of this rank's episodes
         self.cache = FeatureCache(Path(run_dir) / 'features')
         self.data_report = check_before_training(cfg, run_dir, progress)   # every video found and opened (or cached result)
-        self.split = benchmark_split(cfg, 'train')
+        self.split = usable_split(cfg, 'train')   # without what the data check rejects, when cfg.drop_missing
         self.naming = self.class_names_record()
         if not self.restart and self.run.last.exists(): self.load(self.run.last)
         self.start_step = self.step
@@ -183,7 +182,7 @@ class Learner:
         "How the train and test classes are named (config field `class_names`); a warning when a class is prompted with another class's name."
         rec = {}
         for name in ('train', 'test'):
-            sp = self.split if name == 'train' else benchmark_split(self.cfg, 'test', drop=False)
+            sp = self.split if name == 'train' else benchmark_split(self.cfg, 'test')
             rec[name] = dict(naming=sp.naming, renamed=[list(r) for r in sp.renamed])
             if self.cfg.class_names != 'clean' and sp.naming == 'clean':
                 rec[name]['note'] = f'the authors have no class-name list for {self.cfg.dataset}: clean names'
@@ -248,7 +247,7 @@ class Learner:
                            support_labels=torch.as_tensor(s.support_labels), query_labels=torch.as_tensor(s.query_labels),
                            class_ids=torch.as_tensor(s.class_ids), index=s.index)
         else:
-            yield from episode_loader(cfg, 'train', n, train=True, seed=cfg.seed, rank=self.rank, start=start)
+            yield from episode_loader(cfg, 'train', n, train=True, seed=cfg.seed, rank=self.rank, start=start, split_data=self.split)
 
     # ---- one optimiser step
     def train_step(self, episodes) -> dict:
@@ -358,8 +357,7 @@ class Learner:
         it = self.batches(self.step)
         bar = None
         if self.progress and self.rank == 0:
-            from m2df.progress import progress_bar as tqdm
-            bar = tqdm(total=self.total_steps * self.per_step, initial=self.episode, desc='training episodes')
+            bar = progress_bar(total=self.total_steps * self.per_step, initial=self.episode, desc='training episodes')
         t0 = time.time() - self.elapsed
         while self.step < self.total_steps:
             eps = [next(it) for _ in range(self.per_rank)]
@@ -422,7 +420,6 @@ def load_trained_model(checkpoint,                   # a best.pt or last.pt
     if Path(checkpoint).resolve().parent.name == 'checkpoints' and (run_dir / 'data.json').exists():
         pinned = json.loads((run_dir / 'data.json').read_text())
         if pinned.get('dataset') == cfg.dataset:             # the run's own benchmark: the lists it was trained and selected on
-            from m2df.datacheck import data_identity
             check_pinned_data(run_dir, data_identity(cfg), 'evaluating a checkpoint of')
     if check is not None: check(cfg)
     model = M2DF(cfg)
@@ -442,15 +439,6 @@ def evaluation_record_path(checkpoint,           # the checkpoint evaluated
 # %% ../nbs/14_learner.ipynb #9094d500
 CLI_WORDS = ('run_dir', 'dataset', 'preset', 'rescore_test', 'progress', 'restart')   # command-line words that are not config fields
 
-def parse_overrides(args) -> dict:
-    "`key=value` command-line words as {key: value string} (`none`/`null` -> None); the config converts each to its field's type."
-    out = {}
-    for a in args:
-        if '=' not in a: raise ConfigError(f'arguments are key=value, got {a!r}')
-        k, v = a.split('=', 1)
-        out[k] = None if v.strip().lower() in ('none', 'null') else v
-    return out
-
 def cli_config(args) -> tuple:
     "(config, run_dir) of command-line words; `key=none` sets the field to None."
     kw = parse_overrides(args)
@@ -461,9 +449,7 @@ def cli_config(args) -> tuple:
 
 def main(argv=None):
     "Entry point of `python -m m2df.learner` and `torchrun -m m2df.learner`; a bad setting prints its message and exits with 2."
-    from m2df.datacheck import DataCheckError
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in ('-h', '--help'): from m2df.cli import main as cli; return cli(['train', '--help'])
     try:
         words = parse_overrides(argv)
         rescore = coerce_value('rescore_test', words.get('rescore_test') or 'false', bool)
@@ -484,4 +470,8 @@ def main(argv=None):
     return res
 
 # %% ../nbs/14_learner.ipynb #ae2c9d92
-if __name__ == '__main__' and '__file__' in globals(): main()
+if __name__ == '__main__' and '__file__' in globals():
+    # run as a program (python -m / torchrun -m): this file is `__main__`, m2df.cli imports m2df.learner apart from it
+    if sys.argv[1:2] in (['-h'], ['--help']):
+        from m2df.cli import main as cli; sys.exit(cli(['train', '--help']))   # the help of `m2df train`: every setting
+    main()

@@ -15,6 +15,9 @@ from .splits import SPLITS, BENCHMARKS, get_benchmark, load_split
 from .video import IMAGE_EXTS, VIDEO_EXTS, VideoError, resolve_video
 from .runs import atomic_write_text
 from .datacheck import available_cores
+from .progress import progress_bar
+from .splits import Split, VideoRecord, fetch_splits, find_split_file, packaged_splits_dir, parse_split_lines
+from .video import FrameFolder
 
 # %% auto #0
 __all__ = ['PREPARE_MODES', 'PREPARE_RECORDS', 'scaled_size', 'prepare_video', 'source_index', 'find_source', 'output_path',
@@ -34,7 +37,6 @@ def _source_frames(src:Path):
     "Yield (frame as an av.VideoFrame or PIL image, fps) of a video file or frame folder, one at a time."
     if src.is_dir():
         from PIL import Image
-        from m2df.video import FrameFolder
         for f in FrameFolder(src).files:
             with Image.open(f) as im: yield im.convert('RGB'), None
         return
@@ -233,8 +235,7 @@ def prepare_benchmark(benchmark:str,            # ucf101 | hmdb51 | kinetics100 
     workers = min(workers or available_cores(), max(1, len(tasks)))
     bar = None
     if progress:
-        from m2df.progress import progress_bar as tqdm
-        bar = tqdm(total=len(tasks), desc=f'preparing {benchmark} ({mode})', unit='video')
+        bar = progress_bar(total=len(tasks), desc=f'preparing {benchmark} ({mode})', unit='video')
     args = [(t, mode, short_side, quality, crf) for t in tasks]
     out = []
     try:
@@ -262,15 +263,13 @@ def prepare_benchmark(benchmark:str,            # ucf101 | hmdb51 | kinetics100 
 
 def _ssv2_full_split(split, splits_dir):
     "SSv2-Full lines only (the class names need the labels file, which preparation does not)."
-    from m2df.splits import Split, parse_split_lines, find_split_file, fetch_splits, packaged_splits_dir, VideoRecord
     file = find_split_file('ssv2_full', split, splits_dir or packaged_splits_dir('ssv2_full') or fetch_splits('ssv2_full'))
     rows = parse_split_lines(file.read_text(encoding='utf-8'), file)
     return Split('ssv2_full', split, str(file), [], [], [VideoRecord(rel, 0, line) for _, rel, line in rows])
 
 # %% ../nbs/17_prepare.ipynb #9b936c11
-def main(argv=None, parser=None, prog='m2df prepare'):
+def main(argv=None, parser=argparse.ArgumentParser, prog='m2df prepare'):   # parser: the argparse class (m2df's one-line errors)
     "`python -m m2df.prepare <benchmark> <source folder> <destination folder> [options]` (an alias of `m2df prepare`)."
-    if parser is None: from m2df.cli import main as cli; return cli(['prepare', *(sys.argv[1:] if argv is None else argv)])
     p = parser(prog=prog, description=
         'Prepare the videos of a few-shot benchmark\'s split lists: frame folders (the authors\' layout, default) or '
         'short-side-256 H.264 videos, on all cores, resumable. The destination is the data_root of training.')
@@ -295,4 +294,6 @@ def main(argv=None, parser=None, prog='m2df prepare'):
     return 1 if s['problems'] else 0
 
 # %% ../nbs/17_prepare.ipynb #6961b941
-if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())
+if __name__ == '__main__' and '__file__' in globals():
+    # run as a program: this file is `__main__`, m2df.cli (which imports m2df.prepare apart from it) reads the words
+    from m2df.cli import main as cli; sys.exit(cli(['prepare', *sys.argv[1:]]))

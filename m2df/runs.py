@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 
 from .config import ConfigError, M2DFConfig
+import m2df
 
 # %% auto #0
 __all__ = ['PACKAGES', 'WRITE_FAILURES', 'ARCH_FIELDS', 'RESUME_MAY_CHANGE', 'package_versions', 'git_commit',
@@ -33,7 +34,6 @@ def package_versions(names=PACKAGES) -> dict:
 
 def git_commit(path=None) -> Optional[str]:
     "The git commit of the checkout holding `path` (the package by default), with '+dirty' if it has changes; None outside git."
-    import m2df
     path = Path(path or m2df.__file__).resolve().parent
     try:
         sha = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=path, capture_output=True, text=True, timeout=10)

@@ -343,6 +343,7 @@ def check_disjoint_splits(bench:Benchmark, split:str, file:Path, splits_dir) -> 
 
 # %% ../nbs/01_splits.ipynb #69a0b189
 from .config import CLASS_NAMINGS
+from .synthetic import synthetic_root
 AUTHORS_NAMES_FILE = 'authors_class_names.json'   # in m2df/data: the CLASS_NAME lists of the authors' yaml configs
 
 @functools.lru_cache(maxsize=1)
@@ -411,7 +412,6 @@ def load_split(benchmark:str,                  # a key of BENCHMARKS
     if split not in SPLITS: raise SplitError(f'unknown split {split!r}; known splits: {list(SPLITS)}')
     if splits_dir is None:
         if b.name == 'synthetic':
-            from m2df.synthetic import synthetic_root
             splits_dir = synthetic_root()/'splits'
         else: splits_dir = packaged_splits_dir(b.name) or fetch_splits(b.name, cache_dir)
     file = find_split_file(b.name, split, splits_dir)

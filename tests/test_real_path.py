@@ -13,7 +13,7 @@ import pytest
 
 from conftest import real_splits_dir
 from m2df.config import make_config
-from m2df.datacheck import check_data, data_checks
+from m2df.datacheck import check_data, data_checks, usable_split
 from m2df.episodes import benchmark_split
 from m2df.prepare import prepare_video
 from m2df.splits import BENCHMARKS, SPLITS, SSV2_LABELS, class_key, parse_split_lines
@@ -100,7 +100,7 @@ def test_data_check_finds_the_missing_video(roots, bench):
     assert rep.videos['train'] == BENCHMARKS[bench].num_classes['train'] * PER_CLASS
     assert all(c[0] >= 4 for c in rep.frame_counts.values())
     cfg = make_config(**data_params(r), frames=4)
-    full, kept = benchmark_split(cfg, 'train'), benchmark_split(cfg.replace(drop_missing=True), 'train')
+    full, kept = usable_split(cfg, 'train'), usable_split(cfg.replace(drop_missing=True), 'train')
     assert r['missing'] in {v.path for v in full.videos} and r['missing'] not in {v.path for v in kept.videos}
     assert len(full) - len(kept) == 1 and kept.classes == full.classes
 

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import EPIC_NUM_CLASSES, KARMMA_CLASS_NAMES, SSV2_NUM_CLASSES
+from ..runs import save_checkpoint
 
 # %% auto #0
 __all__ = ['MODALITY_KINDS', 'INPUT_KINDS', 'VIDEO_EXTRACTORS', 'AUDIO_EXTRACTORS', 'ROLES', 'AUX_LOSSES', 'MISSING_MODES',
@@ -521,7 +522,6 @@ def parameter_count(module:nn.Module, trainable:bool=False) -> int:
 
 def save_extractor_weights(extractors:nn.ModuleDict, path) -> Path:
     "Write the extractors' weights {modality: state dict} atomically to `path` (a file `extractor_checkpoint` can name)."
-    from m2df.runs import save_checkpoint
     path = Path(path)
     save_checkpoint(path, {m: e.state_dict() for m, e in extractors.items()})
     return path

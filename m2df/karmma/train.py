@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ..evaluate import mean_ci95, weights_digest
+from .data import collate_modalities
+from ..progress import progress_bar
 from .model import (KarmmaConfig, KarmmaModel, build_extractor, drop_modalities, karmma_loss, make_karmma_config,
                                save_extractor_weights)
 from ..learner import resolve_device, seed_everything, step_seed
@@ -49,7 +51,6 @@ def batch_labels(batch:dict, cfg:KarmmaConfig) -> dict:
 
 def default_collate():
     "The data layer's `collate_modalities`."
-    from m2df.karmma.data import collate_modalities
     return collate_modalities
 
 # %% ../../nbs/23_karmma_train.ipynb #442d592d
@@ -341,8 +342,7 @@ class KarmmaTrainer:
         last = min(cfg.epochs, stop_after or cfg.epochs)
         bar = None
         if self.progress:
-            from m2df.progress import progress_bar as tqdm
-            bar = tqdm(total=cfg.epochs * self.steps_per_epoch, initial=self.step, desc=f'{cfg.role} steps')
+            bar = progress_bar(total=cfg.epochs * self.steps_per_epoch, initial=self.step, desc=f'{cfg.role} steps')
         while self.epoch < last:
             for batch in itertools.islice(self.loader(self.epoch), self.steps_per_epoch):
                 row = self.train_step(batch)
@@ -452,7 +452,7 @@ def evaluate_protocols(models:dict,                # name -> KarmmaModel (same m
     for m in models.values(): m.eval()
     dl = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate_fn, num_workers=num_workers)
     if progress:
-        from m2df.progress import progress_bar as tqdm; dl = tqdm(dl, desc='evaluating', leave=False)
+        dl = progress_bar(dl, desc='evaluating', leave=False)
     n_clips, held = 0, []
     for batch in dl:
         batch = batch_to(batch, device)
