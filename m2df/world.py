@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
+import m2df.progress   # before open_clip (imported when the world's config is registered): no ipywidgets warning
 
 from .synthetic import (SHAPES, MARKER, ObjectState, VideoParams, sample_video_params, render_background, _coverage,
                             _fit, _linear, generate_atomically, cache_base, video_id)
@@ -209,7 +210,6 @@ WORLD_CLIP_CONFIG = dict(embed_dim=64, text_cfg=dict(context_length=32, vocab_si
 def register_world_clip() -> str:
     "Register the open_clip config `m2df-world-vit` (idempotent); return its name."
     import atexit, shutil, tempfile
-    import m2df.progress   # first: silences tqdm.auto's ipywidgets warning (open_clip imports it)
     import open_clip
     if open_clip.get_model_config(WORLD_CLIP) == WORLD_CLIP_CONFIG: return WORLD_CLIP
     d = Path(tempfile.mkdtemp(prefix='m2df-world-config-'))
