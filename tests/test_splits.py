@@ -247,7 +247,8 @@ def test_synthetic_default_root(tmp_path, monkeypatch):
     synthetic = pytest.importorskip('m2df.synthetic')
     (tmp_path / 'splits').mkdir()
     (tmp_path / 'splits' / 'val.txt').write_text('move_left/000\nmove_right/000\n')
-    monkeypatch.setattr(synthetic, 'synthetic_root', lambda cache_dir=None: tmp_path)
+    import m2df.splits
+    monkeypatch.setattr(m2df.splits, 'synthetic_root', lambda cache_dir=None: tmp_path)   # the name splits looks up
     sp = load_split('synthetic', 'val')
     assert sp.class_names == ['move left', 'move right'] and sp.file == str(tmp_path / 'splits' / 'val.txt')
 
