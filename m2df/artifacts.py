@@ -8,13 +8,13 @@ __all__ = ['config_with', 'VARIANTS', 'ABLATION_GROUPS', 'REFERENCE_ROW', 'BUDGE
            'default_runs_dir', 'default_figures_dir', 'driver_dirs', 'Variant', 'infer_variant', 'budget_overrides',
            'as_list', 'data_root_for', 'seeds_for', 'config_key', 'setting_key', 'run_path', 'config_differences',
            'notebook_overrides', 'train_notebook_parameters', 'notebook_parameters', 'ensure_run', 'grid_configs',
-           'fit_test_at', 'run_grid', 'load_run', 'collect_runs', 'find_runs', 'reference_groups',
-           'paired_to_reference', 'crossed_mean_ci95', 'seed_ci95', 'seed_summary', 'PUBLISHED_COLUMNS', 'GRADES',
-           'PUBLISHED_NOT_LISTED', 'REPRESENTATIONS', 'load_published', 'markdown_table', 'fmt_acc', 'column_name',
-           'main_tables', 'main_results_markdown', 'ablation_frame', 'ablation_markdown', 'setting_name',
-           'reference_name', 'differences_sentence', 'describe_runs', 'save_figure', 'chance', 'plot_main',
-           'plot_ablation', 'plot_lambda', 'load_run_model', 'video_vectors', 'episode_embeddings', 'tsne_coordinates',
-           'plot_tsne', 'query_counts', 'per_class_frame', 'plot_per_class']
+           'run_grid', 'load_run', 'collect_runs', 'find_runs', 'reference_groups', 'paired_to_reference',
+           'crossed_mean_ci95', 'seed_ci95', 'seed_summary', 'PUBLISHED_COLUMNS', 'GRADES', 'PUBLISHED_NOT_LISTED',
+           'REPRESENTATIONS', 'load_published', 'markdown_table', 'fmt_acc', 'column_name', 'main_tables',
+           'main_results_markdown', 'ablation_frame', 'ablation_markdown', 'setting_name', 'reference_name',
+           'differences_sentence', 'describe_runs', 'save_figure', 'chance', 'plot_main', 'plot_ablation',
+           'plot_lambda', 'load_run_model', 'video_vectors', 'episode_embeddings', 'tsne_coordinates', 'plot_tsne',
+           'pps_frame', 'untrained_scores', 'plot_pps', 'query_counts', 'per_class_frame', 'plot_per_class']
 
 # %% ../nbs/15_artifacts.ipynb #9fe2c370
 from .config import config_with
@@ -27,10 +27,11 @@ _all_ = ['config_with', 'VARIANTS', 'ABLATION_GROUPS', 'REFERENCE_ROW', 'BUDGET_
          'default_runs_dir', 'default_figures_dir', 'driver_dirs', 'Variant', 'infer_variant', 'budget_overrides',
          'as_list', 'data_root_for', 'seeds_for', 'config_key', 'setting_key', 'run_path', 'config_differences',
          'notebook_overrides', 'train_notebook_parameters', 'notebook_parameters', 'ensure_run', 'grid_configs',
-         'fit_test_at', 'run_grid', 'load_run', 'collect_runs', 'find_runs', 'reference_groups',
+         'run_grid', 'load_run', 'collect_runs', 'find_runs', 'reference_groups',
          'paired_to_reference', 'crossed_mean_ci95', 'seed_ci95', 'seed_summary', 'PUBLISHED_COLUMNS', 'GRADES',
          'PUBLISHED_NOT_LISTED', 'REPRESENTATIONS', 'load_published', 'markdown_table', 'fmt_acc', 'column_name',
          'main_tables', 'main_results_markdown', 'ablation_frame', 'ablation_markdown', 'setting_name',
          'reference_name', 'differences_sentence', 'describe_runs', 'save_figure', 'chance', 'plot_main',
          'plot_ablation', 'plot_lambda', 'load_run_model', 'video_vectors', 'episode_embeddings',
-         'tsne_coordinates', 'plot_tsne', 'query_counts', 'per_class_frame', 'plot_per_class']   # the public names of the three modules, for `from m2df.artifacts import *`
+         'tsne_coordinates', 'plot_tsne', 'pps_frame', 'untrained_scores', 'plot_pps', 'query_counts',
+         'per_class_frame', 'plot_per_class']   # the public names of the three modules, for `from m2df.artifacts import *`

@@ -209,6 +209,7 @@ def evaluate(model, cfg: M2DFConfig,
     names = sp.class_names
     was = model.training; model.eval()
     accs, per_class = [], np.zeros((len(sp.classes), 2), dtype=np.int64)
+    pps_top = []                                       # per episode: share of queries whose π peaks on their own class
     amp = torch.autocast('cuda', dtype=getattr(torch, cfg.amp_dtype)) if device.type == 'cuda' and cfg.amp else nullcontext()
     text = model.class_text(names)                     # every class of the split, once; an episode indexes its N rows
     if cache is False:                                 # decode and encode every episode
@@ -252,6 +253,9 @@ def evaluate(model, cfg: M2DFConfig,
                 raise NonFiniteError(f'non-finite logits at {where(bad)} (of {n_episodes}): the score would be meaningless'
                                      + (f'; the weights hold NaN/inf: {params}' if params else ''))
             pred = out['logits'].argmax(-1).cpu()
+            if out['pps_probs'] is not None:           # does PPS's π put its largest mass on the query's true class?
+                top = (out['pps_probs'].argmax(-1).cpu() == ep['query_labels'].cpu()).float().reshape(len(eps), -1)
+                pps_top += top.mean(1).tolist()
             ok = (pred == ep['query_labels'].cpu()).numpy()                          # E×Q
             for row in ok: accs.append(float(row.mean()))
             cls = ep['class_ids'].gather(1, ep['query_labels']).cpu().numpy()        # split-level class of every query
@@ -260,4 +264,7 @@ def evaluate(model, cfg: M2DFConfig,
     mean, ci = mean_ci95(accs)
     return dict(split=split, episodes=n_episodes, way=cfg.way, shot=cfg.shot, query=cfg.eval_query, seed=cfg.eval_seed,
                 accuracy=100 * mean, ci95=100 * ci, episode_accuracy=accs,
-                per_class={names[c]: 100 * a / n for c, (a, n) in enumerate(per_class) if n})
+                per_class={names[c]: 100 * a / n for c, (a, n) in enumerate(per_class) if n},
+                # PPS: % of queries whose π has its largest mass on their true class (chance 100/way); None with PPS off
+                pps_true_top=100 * mean_ci95(pps_top)[0] if pps_top else None,
+                pps_true_top_ci95=100 * mean_ci95(pps_top)[1] if pps_top else None, pps_episode_true_top=pps_top or None)

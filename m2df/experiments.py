@@ -26,7 +26,7 @@ __all__ = ['VARIANTS', 'ABLATION_GROUPS', 'REFERENCE_ROW', 'BUDGET_FIELDS', 'VAR
            'default_figures_dir', 'driver_dirs', 'Variant', 'infer_variant', 'budget_overrides', 'as_list',
            'data_root_for', 'seeds_for', 'config_key', 'setting_key', 'run_path', 'config_differences',
            'notebook_overrides', 'train_notebook_parameters', 'notebook_parameters', 'ensure_run', 'grid_configs',
-           'fit_test_at', 'run_grid', 'load_run', 'collect_runs', 'find_runs']
+           'run_grid', 'load_run', 'collect_runs', 'find_runs']
 
 # %% ../nbs/15_experiments.ipynb #2ba152f8
 def repo_root(start=None) -> Path:
@@ -105,6 +105,7 @@ CPU_BUDGET = {'synthetic': dict(episodes=40,        # training episodes per run 
                                 val_every=40,       # one validation, at the end
                                 val_episodes=20,    # fixed validation episodes
                                 test_episodes=100)} # fixed test episodes, the same for every method
+CPU_BUDGET['world'] = CPU_BUDGET['synthetic']              # the world's preset trains as long as the synthetic one
 
 def budget_overrides(dataset: str, **given) -> dict:
     "Config overrides for an artifact run on `dataset`: the `given` values over the CPU budget, if any."
@@ -263,14 +264,8 @@ def grid_configs(datasets: Sequence[str], shots: Sequence[int], variants: Sequen
     if unknown: raise ValueError(f'unknown variant(s) {unknown}; choose from {list(VARIANTS)}')
     if seeds is not None and 'seed' in overrides: raise ValueError('give seeds or seed, not both')
     per_seed = [dict(seed=int(x)) for x in seeds] if seeds is not None else [{}]
-    return [fit_test_at(VARIANTS[v].config(d, **budget_overrides(d, shot=s, **overrides, **sd)), 'test_at' in overrides)
+    return [VARIANTS[v].config(d, **budget_overrides(d, shot=s, **overrides, **sd))
             for d in datasets for s in shots for sd in per_seed for v in variants]
-
-def fit_test_at(cfg: M2DFConfig, given: bool = False) -> M2DFConfig:
-    "A `test_at` protocol (the reference presets) in a run shortened by a budget: its scoring points at the same fractions of the run (kept in the run's config); unchanged when they fit or were `given`."
-    if given or not cfg.test_at or cfg.test_at[-1] <= cfg.episodes: return cfg
-    last = cfg.test_at[-1]
-    return cfg.replace(test_at=tuple(sorted({max(1, round(e * cfg.episodes / last)) for e in cfg.test_at})))
 
 def run_grid(configs: Sequence[M2DFConfig], root=None, rerun: bool = False, train: bool = True,
              driver: str = 'package', notebook=None, progress: bool = False, log: Callable = print) -> pd.DataFrame:
@@ -293,7 +288,8 @@ def run_grid(configs: Sequence[M2DFConfig], root=None, rerun: bool = False, trai
 # %% ../nbs/15_experiments.ipynb #1b151fb8
 EPISODE_KEYS = ('dataset', 'way', 'shot', 'eval_query', 'eval_seed', 'test_episodes', 'drop_missing', 'splits_dir')  # same keys: same episodes
 RUN_COLUMNS = ('variant', 'label', 'group', 'setting', *EPISODE_KEYS[:-1], 'splits_dir', 'episodes', 'val_episodes', 'seed', 'lam', 'backbone',
-               'pretrained', 'accuracy', 'ci95', 'episode_accuracy', 'per_class', 'selected_on', 'git_commit', 'run_dir')
+               'pretrained', 'accuracy', 'ci95', 'episode_accuracy', 'per_class', 'pps_true_top', 'pps_episode_true_top',
+               'selected_on', 'git_commit', 'run_dir')
 
 def load_run(run_dir) -> dict:
     "One run folder as a record: settings, variant, test score, per-episode and per-class accuracy."
@@ -312,6 +308,9 @@ def load_run(run_dir) -> dict:
                 val_episodes=cfg['val_episodes'], seed=cfg['seed'], lam=cfg['lam'], backbone=cfg['backbone'],
                 pretrained=cfg['pretrained'], accuracy=test['accuracy'], ci95=test['ci95'],
                 episode_accuracy=np.asarray(test['episode_accuracy'], dtype=float), per_class=test.get('per_class', {}),
+                # PPS: % of test queries whose π peaks on their true class (None: PPS off, or a run scored before it was recorded)
+                pps_true_top=test.get('pps_true_top'), pps_episode_true_top=(None if test.get('pps_episode_true_top') is None
+                                                                             else np.asarray(test['pps_episode_true_top'], dtype=float)),
                 selected_on=test.get('selected_on', 'val'), git_commit=env.get('git_commit'), run_dir=str(run_dir))
 
 def collect_runs(run_dirs: Iterable) -> pd.DataFrame:

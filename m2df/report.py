@@ -17,21 +17,23 @@ import matplotlib.pyplot as plt
 from .config import BENCHMARK_PRESETS, M2DFConfig, make_config
 from .datacheck import usable_split
 from .episodes import EpisodeSampler
-from .evaluate import encode_videos, episodes_of
+from .evaluate import encode_videos, episodes_of, evaluate
 from .fusion import class_prototypes
 from .learner import load_trained_model
 from .runs import RunDir
 from .evaluate import mean_ci95
 from .experiments import (ABLATION_GROUPS, CPU_BUDGET, REFERENCE_ROW, VARIANTS, collect_runs, find_runs,
     load_run, run_path)
-from .stats import (paired_to_reference, seed_ci95, seed_summary)
+from .model import M2DF
+from .stats import (crossed_mean_ci95, paired_to_reference, seed_ci95, seed_summary)
 
 # %% auto #0
 __all__ = ['PUBLISHED_COLUMNS', 'GRADES', 'PUBLISHED_NOT_LISTED', 'REPRESENTATIONS', 'load_published', 'markdown_table',
            'fmt_acc', 'column_name', 'main_tables', 'main_results_markdown', 'ablation_frame', 'ablation_markdown',
            'setting_name', 'reference_name', 'differences_sentence', 'describe_runs', 'save_figure', 'chance',
            'plot_main', 'plot_ablation', 'plot_lambda', 'load_run_model', 'video_vectors', 'episode_embeddings',
-           'tsne_coordinates', 'plot_tsne', 'query_counts', 'per_class_frame', 'plot_per_class']
+           'tsne_coordinates', 'plot_tsne', 'pps_frame', 'untrained_scores', 'plot_pps', 'query_counts',
+           'per_class_frame', 'plot_per_class']
 
 # %% ../nbs/15b_report.ipynb #77581bca
 PUBLISHED_COLUMNS = ('method', 'backbone', 'dataset', 'way', 'shot', 'accuracy', 'grade', 'source', 'note')
@@ -406,6 +408,45 @@ def plot_tsne(panels: dict, suptitle: str = ''):
         mk('o', '0.6', 7, label='support'), mk('X', '0.6', 7, label='query'), mk('*', '0.6', 13, markeredgecolor='k', label='prototype')]
     fig.legend(handles=handles, loc='center left', bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     if suptitle: fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/15b_report.ipynb #01aa68dd
+def _has_pps(x) -> bool: return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+def pps_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    "Per setting with PPS on: % of test queries whose π peaks on their true class, mean over seeds ± crossed 95% CI, and chance."
+    cols = ['variant', 'label', 'dataset', 'shot', 'lam', 'n_seeds', 'seeds', 'pps_true_top', 'ci95', 'chance']
+    have = runs[runs.pps_episode_true_top.map(_has_pps)] if 'pps_episode_true_top' in runs else runs.iloc[:0]
+    rows = []
+    for _, g in have.groupby('setting', sort=False):
+        g = g.sort_values('seed', kind='stable')
+        m, h, _ = crossed_mean_ci95(100 * np.stack(g.pps_episode_true_top.to_list()))
+        r = g.iloc[0]
+        rows.append(dict(variant=r.variant, label=r.label, dataset=r.dataset, shot=int(r.shot), lam=r.lam, n_seeds=len(g),
+                         seeds=tuple(int(s) for s in g.seed), pps_true_top=m, ci95=h, chance=chance(r.way)))
+    return pd.DataFrame(rows, columns=cols)
+
+def untrained_scores(cfg: M2DFConfig, device='cpu') -> dict:
+    "Test scores of the model of `cfg` before any training (its pretrained or random towers, the head initialised from `cfg.seed`), on the run's fixed test episodes."
+    torch.manual_seed(cfg.seed)
+    model = M2DF(cfg).to(device)
+    return evaluate(model, cfg, 'test', device=device)
+
+def plot_pps(frame: pd.DataFrame, before: Optional[dict] = None):
+    "Horizontal bars: % of test queries whose π peaks on their true class (95% CI), before training ({name: evaluate result}) and after, with chance."
+    rows = [(name, r['pps_true_top'], r['pps_true_top_ci95']) for name, r in (before or {}).items() if r.get('pps_true_top') is not None]
+    rows += [(f'trained: {r.label}' + (f', {r.shot}-shot' if frame.shot.nunique() > 1 else '') + (f', λ={r.lam:g}' if frame.lam.nunique() > 1 else ''),
+              r.pps_true_top, r.ci95) for r in frame.itertuples()]
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.38 * max(1, len(rows))))
+    y = np.arange(len(rows))[::-1]
+    ax.barh(y, [r[1] for r in rows], xerr=[r[2] for r in rows], capsize=3,
+            color=['0.6' if r[0].startswith('before') else 'C0' for r in rows])
+    for yi, (_, v, h) in zip(y, rows): ax.text(v + h + 1, yi, f'{v:.1f} ± {h:.1f}', va='center', fontsize=7)
+    way = 100 / frame.chance.iloc[0] if len(frame) else 5
+    ax.axvline(100 / way, color='0.3', ls=':', lw=1, label=f'chance ({100 / way:.0f}%)')
+    ax.set_yticks(y); ax.set_yticklabels([r[0] for r in rows], fontsize=7); ax.set_xlim(0, 105)
+    ax.set_xlabel("queries whose π peaks on their true class, % (95% CI)"); ax.legend(fontsize=7, loc='lower right')
     fig.tight_layout()
     return fig
 

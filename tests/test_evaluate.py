@@ -299,3 +299,28 @@ def test_nonfinite_features_name_their_episode_within_a_chunk(cfg, where):
 def test_chunk_must_be_positive(model, cfg, shared):
     with pytest.raises(ValueError, match='eval_chunk'): evaluate(model, cfg, 'val', n_episodes=2, cache=shared, chunk=0)
     with pytest.raises(ValueError, match="'eval_chunk'"): cfg.replace(eval_chunk=0)
+
+
+@pytest.mark.parametrize('name', ['paper', 'reference'])
+def test_pps_true_top_counts_the_queries_whose_pi_peaks_on_their_own_class(name):
+    "pps_true_top: % of queries whose π has its largest mass on their true class; known by construction, None with PPS off."
+    cfg = preset_cfg(name)
+    torch.manual_seed(0)
+    model = M2DF(cfg).eval()
+    sp = benchmark_split(cfg, 'val')
+    text = model.class_text(sp.class_names).detach()
+    # every frame of a video is its own class's text (π peaks on that class) for half of the videos, minus it for the
+    # other half (the least similar class, never the peak)
+    sign = {r.path: (1. if i % 2 == 0 else -1.) for i, r in enumerate(sp.videos)}
+    cache = FeatureCache()
+    cache.mem[feature_key(model, cfg, 'val')] = {r.path: sign[r.path] * text[r.label].expand(cfg.frames, -1).clone() for r in sp.videos}
+    r = evaluate(model, cfg, 'val', n_episodes=10, cache=cache, chunk=3)
+    _, specs = episodes_of(cfg, 'val', 10)
+    expected = [sum(sign[q.path] > 0 for q in s.query) / len(s.query) for s in specs]
+    assert r['pps_episode_true_top'] == pytest.approx(expected)
+    assert 0 < np.mean(expected) < 1, 'all or none of the queries: the count would not be tested'
+    assert r['pps_true_top'] == pytest.approx(100 * np.mean(expected))
+    assert r['pps_true_top_ci95'] == pytest.approx(100 * 1.96 * np.std(expected) / math.sqrt(10))
+    off = evaluate(M2DF(preset_cfg('paper', use_pps=False)).eval(), preset_cfg('paper', use_pps=False), 'val', n_episodes=2,
+                   cache=random_feature_cache(model, cfg, 'val'))
+    assert off['pps_true_top'] is None and off['pps_episode_true_top'] is None
