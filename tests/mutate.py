@@ -422,6 +422,13 @@ BREAKS = [
       "KARMMA's best checkpoint is the last validated one", ('issue23', 'karmma'), KAR),
     B('karmma_ends_on_last', 'karmma/train.py', 'if self.run.best.exists():   # end on the selected weights', 'if False:',
       'a KARMMA run ends on its last weights, not the selected ones', ('issue23', 'karmma'), KAR),
+
+    # ---- issue 22: what the world's figures measure
+    B('pps_true_top_argmin', 'evaluate.py', "top = (out['pps_probs'].argmax(-1).cpu()", "top = (out['pps_probs'].argmin(-1).cpu()",
+      "PPS's π is scored on its smallest mass, not its largest", ('issue22', 'evaluation'), EVAL),
+    B('pps_frame_first_seed_only', 'report.py', "m, h, _ = crossed_mean_ci95(100 * np.stack(g.pps_episode_true_top.to_list()))",
+      "m, h, _ = crossed_mean_ci95(100 * np.stack(g.pps_episode_true_top.to_list()[:1]))",
+      "the PPS summary of a setting reads its first seed only", ('issue22', 'statistics'), ART),
 ]
 BY_NAME = {b.name: b for b in BREAKS}
 assert len(BY_NAME) == len(BREAKS), 'two breaks share a name'

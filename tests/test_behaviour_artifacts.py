@@ -209,3 +209,22 @@ def test_signed_format_keeps_the_sign():
     assert fmt_acc(2.345, 1.04, signed=True) == '+2.3 ± 1.0'
     assert fmt_acc(45.26, 1.34) == '45.3 ± 1.3'
     assert fmt_acc(float('nan'), 1.) == ''
+
+
+# ---- PPS: the share of queries whose π peaks on their true class, over seeds (issue 22)
+
+def test_pps_frame_over_seeds_against_the_naive_crossed_interval(tmp_path):
+    "pps_frame: every seed's per-episode shares, mean and crossed 95% CI as the naive implementation; PPS off has no row."
+    tops = {0: [1, 0, .5, 1, 0, 0, 1, .5], 1: [1, 1, .5, 0, 0, 1, 1, 1], 2: [0, 0, 0, .5, 1, 0, 0, 0]}
+    for s, t in tops.items():
+        d = write_run(tmp_path, 'full', [.2] * 8, train_seed=s)
+        rec = json.loads((d / 'test.json').read_text())
+        rec.update(pps_true_top=100 * float(np.mean(t)), pps_episode_true_top=[float(a) for a in t])
+        (d / 'test.json').write_text(json.dumps(rec))
+    write_run(tmp_path, 'no_pps', [.2] * 8)
+    runs = collect_runs(sorted(p.parent for p in tmp_path.rglob('test.json')))
+    pf = art.pps_frame(runs)
+    assert list(pf.variant) == ['full'] and pf.seeds.iloc[0] == (0, 1, 2) and pf.chance.iloc[0] == 20.
+    m, h, _ = naive_crossed([[100 * a for a in tops[s]] for s in (0, 1, 2)])
+    assert pf.pps_true_top.iloc[0] == pytest.approx(m) and pf.ci95.iloc[0] == pytest.approx(h)
+    assert m == pytest.approx(100 * 11 / 24)               # by hand: 4 + 5.5 + 1.5 = 11 queries' worth of 24 episodes
