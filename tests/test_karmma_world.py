@@ -10,7 +10,7 @@ import torch
 
 from m2df.karmma.data import KarmmaDataset
 from m2df.karmma.model import make_karmma_config
-from m2df.karmma.train import CachedClips, stopping_reason, pretrain_extractors, probe_accuracy, UnimodalProbe
+from m2df.karmma.train import CachedClips, KarmmaTrainer, stopping_reason, pretrain_extractors, probe_accuracy, UnimodalProbe
 from m2df.karmma.world import (MODALITY_SHOWS, POOL_TARGETS, WORLD_KARMMA_CLASSES, WORLD_SOUNDS, karmma_pool_item, karmma_pool_rng,
                                karmma_world_rng, karmma_world_video, load_karmma_pool, load_karmma_world, make_karmma_pool,
                                make_karmma_world, modality_bound, world_sound)
@@ -147,6 +147,20 @@ def test_stopping_reason_by_hand():
     assert stopping_reason(h[:5], 10, 3, min_delta=5) == 'patience' and stopping_reason(h[:4], 10, 3, min_delta=5) is None
     assert stopping_reason(h[:3], 3) == 'max_epochs' and stopping_reason(h[:2], 3) is None
     assert stopping_reason(h[:3], 3, 1) == 'patience'                   # both hold: patience is named
+
+
+def test_trainer_stops_on_patience_and_records_it(small, tmp_path):
+    root, _ = small
+    cfg = make_karmma_config('world', 'dropout_only', device='cpu', epochs=30, patience=1)
+    ds = {s: CachedClips(KarmmaDataset(load_karmma_world(root, s), frames=cfg.frames, size=cfg.size)) for s in ('train', 'val')}
+    r = KarmmaTrainer(cfg, tmp_path / 'r', ds['train'], ds['val']).fit()
+    v = [json.loads(l) for l in (tmp_path / 'r' / 'val.jsonl').read_text().splitlines()]
+    assert r['stop']['reason'] == 'patience' and r['stop']['epoch'] == len(v) == r['epochs'] < 30
+    assert stopping_reason(v, 30, 1) == 'patience' and stopping_reason(v[:-1], 30, 1) is None   # the first epoch it held
+    assert r['stop']['best_epoch'] == len(v) - 1 and not v[-1]['best']                         # patience 1: one epoch without gain
+    assert json.loads((tmp_path / 'r' / 'result.json').read_text())['stop'] == r['stop']
+    again = KarmmaTrainer(cfg, tmp_path / 'r', ds['train'], ds['val']).fit()                   # resumed after it stopped
+    assert again['stop'] == r['stop'] and len((tmp_path / 'r' / 'val.jsonl').read_text().splitlines()) == len(v)
 
 
 def load_bench():
