@@ -19,7 +19,7 @@ from ..runs import save_checkpoint
 
 # %% auto #0
 __all__ = ['MODALITY_KINDS', 'INPUT_KINDS', 'VIDEO_EXTRACTORS', 'AUDIO_EXTRACTORS', 'ROLES', 'AUX_LOSSES', 'MISSING_MODES',
-           'DATASET_PRESETS', 'DEFAULT_SCALE', 'SCALE_PRESETS', 'ROLE_PRESETS', 'SWIN_WEIGHT_ENUMS',
+           'DATASET_PRESETS', 'DEFAULT_SCALE', 'SCALE_PRESETS', 'UNTIL_STABLE', 'ROLE_PRESETS', 'SWIN_WEIGHT_ENUMS',
            'register_modality', 'KarmmaConfig', 'architecture_of', 'make_karmma_config', 'theta_average',
            'swin_weights_file', 'swin_state_dict', 'adapt_stem', 'SwinTokens', 'transformer_layers', 'TinyVideoTokens',
            'sincos_2d', 'SpectrogramTokens', 'BoxTokens', 'build_extractor', 'FusionLayer', 'ModalityFusion',
@@ -97,6 +97,8 @@ class KarmmaConfig:
     # --- training
     epochs: int = 100                     # training epochs
     warmup_epochs: int = 10               # linear warm-up epochs
+    patience: int = 0                     # stop once validation accuracy has not improved for this many epochs (0: train all `epochs`, then the most)
+    min_delta: float = 0.                 # accuracy points an epoch must gain over the best so far to count as an improvement
     lr: float = 1e-4                      # peak learning rate (AdamW)
     warmup_lr: float = 1e-5               # learning rate at the start of the warm-up
     min_lr: float = 0.                    # learning rate at the end of the cosine decay
@@ -146,6 +148,8 @@ class KarmmaConfig:
         need(self.audio_dim % self.audio_heads == 0, 'audio_heads', f'must divide audio_dim ({self.audio_dim})')
         need(self.box_dim % self.box_heads == 0 and self.box_dim % 4 == 0, 'box_heads', f'must divide box_dim ({self.box_dim}, itself a multiple of 4)')
         need(0 <= self.modality_dropout < 1, 'modality_dropout', 'must be in [0, 1)')
+        need(isinstance(self.patience, int) and self.patience >= 0, 'patience', 'must be 0 (off) or a positive integer')
+        need(self.min_delta >= 0, 'min_delta', 'must be >= 0')
         need(0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0, 'warmup_epochs', f'must be below epochs ({self.epochs})')
         need(self.lr > 0 and self.warmup_lr >= 0 and self.min_lr >= 0, 'lr', 'learning rates must be positive')
         need(self.infonce_tau > 0, 'infonce_tau', 'must be positive')
@@ -210,6 +214,9 @@ SCALE_PRESETS = {   # scale -> architecture ('teacher' or 'student') -> fields
                         batch_size=16, weight_decay=0.01, grad_clip=2.),
     },
 }
+
+UNTIL_STABLE = dict(epochs=60, warmup_epochs=2, patience=10)   # at most 60 epochs; stop after 10 without a better validation accuracy
+SCALE_PRESETS['tiny_converge'] = {arch: {**f, **UNTIL_STABLE} for arch, f in SCALE_PRESETS['tiny'].items()}
 
 ROLE_PRESETS = {
     'teacher': dict(freeze_extractors=True, aux_loss='infonce', modality_dropout=0., missing='learned'),

@@ -21,13 +21,14 @@ from ..progress import progress_bar
 from .model import (KarmmaConfig, KarmmaModel, build_extractor, drop_modalities, karmma_loss, make_karmma_config,
                                save_extractor_weights)
 from ..learner import resolve_device, seed_everything, step_seed
-from ..runs import RunDir, config_mismatch, load_checkpoint, save_checkpoint
+from ..runs import RunDir, atomic_write_text, config_mismatch, load_checkpoint, save_checkpoint
 
 # %% auto #0
 __all__ = ['KARMMA_ARCH_FIELDS', 'DROP_LEVELS', 'karmma_lr', 'batch_to', 'batch_labels', 'default_collate', 'TokenStore',
            'clip_keys', 'TokenCache', 'model_tokens', 'CachedClips', 'load_karmma_checkpoint', 'load_karmma_model',
-           'KarmmaTrainer', 'UnimodalProbe', 'pretrain_extractors', 'modality_subsets', 'subset_name', 'fixed_drops',
-           'evaluate_protocols', 'evaluate_all_modalities', 'subset_table', 'drop_table']
+           'stopping_reason', 'KarmmaTrainer', 'UnimodalProbe', 'probe_accuracy', 'pretrain_extractors',
+           'modality_subsets', 'subset_name', 'fixed_drops', 'evaluate_protocols', 'evaluate_all_modalities',
+           'subset_table', 'drop_table']
 
 # %% ../../nbs/23_karmma_train.ipynb #8623d1b1
 def karmma_lr(cfg:KarmmaConfig, step:int, steps_per_epoch:int) -> float:
@@ -222,6 +223,21 @@ def load_karmma_model(path, device='cpu', **overrides) -> KarmmaModel:
     model.load_state_dict(load_karmma_checkpoint(path, cfg)['model'])
     return model.to(device)
 
+# %% ../../nbs/23_karmma_train.ipynb #4947b8f9
+def stopping_reason(history:list,       # validation records in epoch order, each with 'epoch' (1-based) and 'val_accuracy'
+                    max_epochs:int,     # the most epochs
+                    patience:int=0,     # epochs without improvement that end training (0: never)
+                    min_delta:float=0., # accuracy points an epoch must gain over the best so far to improve
+                   ) -> Optional[str]:
+    "Why training stops after the epochs of `history`: 'patience', 'max_epochs', or None while it goes on."
+    done = history[-1]['epoch'] if history else 0
+    if patience and history:
+        best, at = -math.inf, 0
+        for r in history:
+            if r['val_accuracy'] > best + min_delta: best, at = r['val_accuracy'], r['epoch']
+        if done - at >= patience: return 'patience'
+    return 'max_epochs' if done >= max_epochs else None
+
 # %% ../../nbs/23_karmma_train.ipynb #69214111
 class KarmmaTrainer:
     "Trains a KARMMA model under `cfg` into `run_dir`, resuming from its last checkpoint when there is one."
@@ -236,6 +252,7 @@ class KarmmaTrainer:
                  resume:bool=True, progress:bool=False,
                  model:Optional[KarmmaModel]=None):
         if cfg.aux_loss == 'kd' and teacher is None: raise ValueError(f"role {cfg.role!r} distils: pass the trained teacher")
+        if cfg.patience and val_data is None: raise ValueError(f'patience={cfg.patience} stops on validation accuracy: pass val_data')
         self.cfg, self.run, self.progress = cfg, RunDir(run_dir), progress
         self.train_data, self.val_data = train_data, val_data
         self.collate = collate_fn or getattr(train_data, 'collate', None) or default_collate()
@@ -335,15 +352,20 @@ class KarmmaTrainer:
         self.run.log_json('val.jsonl', rec)
         return rec
 
+    def stop_reason(self) -> Optional[str]:
+        "Why training is over ('patience' | 'max_epochs'), or None (`stopping_reason` of the validation history)."
+        if self.val_data is None: return 'max_epochs' if self.epoch >= self.cfg.epochs else None
+        return stopping_reason(self.history, self.cfg.epochs, self.cfg.patience, self.cfg.min_delta)
+
     def fit(self, stop_after:Optional[int]=None # stop after this epoch (a later fit resumes); None: cfg.epochs
            ) -> dict:
-        "Train to cfg.epochs, validating and checkpointing after every epoch."
+        "Train to cfg.epochs or until the stopping criterion holds, validating and checkpointing after every epoch."
         cfg, t0 = self.cfg, time.time()
         last = min(cfg.epochs, stop_after or cfg.epochs)
         bar = None
         if self.progress:
             bar = progress_bar(total=cfg.epochs * self.steps_per_epoch, initial=self.step, desc=f'{cfg.role} steps')
-        while self.epoch < last:
+        while self.epoch < last and self.stop_reason() is None:
             for batch in itertools.islice(self.loader(self.epoch), self.steps_per_epoch):
                 row = self.train_step(batch)
                 row['seconds'] = round(time.time() - t0, 2)
@@ -357,33 +379,67 @@ class KarmmaTrainer:
         if bar: bar.close()
         if self.run.best.exists():   # end on the selected weights
             self.model.load_state_dict(load_karmma_checkpoint(self.run.best, cfg, self.device)['model'])
+        best_epoch = max((r['epoch'] for r in self.history if r['best']), default=None)
+        stop = dict(epoch=self.epoch, reason=self.stop_reason() or 'stop_after', best_epoch=best_epoch, max_epochs=cfg.epochs,
+                    patience=cfg.patience, min_delta=cfg.min_delta)
         result = dict(run_dir=str(self.run.path), role=cfg.role, epochs=self.epoch, steps=self.step, best_val=self.best,
-                      seconds=round(time.time() - t0, 1))
+                      stop=stop, seconds=round(time.time() - t0, 1))
         self.run.write_json('result.json', result)
         return result
 
 # %% ../../nbs/23_karmma_train.ipynb #a81c39b3
 class UnimodalProbe(nn.Module):
     "One extractor, the mean of its tokens, and a linear head per target: how `pretrain_extractors` trains an extractor alone."
-    def __init__(self, cfg:KarmmaConfig, modality:str):
+    def __init__(self, cfg:KarmmaConfig, modality:str,
+                 targets:Optional[dict]=None):   # target -> classes of the heads; None: the config's targets
         super().__init__()
         self.modality, self.extractor = modality, build_extractor(cfg, modality)
-        self.heads = nn.ModuleDict({t: nn.Linear(self.extractor.dim, n) for t, n in cfg.classes.items()})
+        self.heads = nn.ModuleDict({t: nn.Linear(self.extractor.dim, n) for t, n in (targets or cfg.classes).items()})
     def forward(self, x:torch.Tensor) -> dict:
         h = self.extractor(x).mean(1)
         return {t: head(h) for t, head in self.heads.items()}
 
+def _targets_of(batch:dict, names, where:str) -> dict:
+    for t in names:
+        if t not in batch: raise KeyError(f'{where}: the batch lacks the target {t!r} (batch keys {sorted(batch)})')
+    return {t: batch[t] for t in names}
+
+@torch.no_grad()
+def probe_accuracy(probe:UnimodalProbe, data, batch_size:int=64, collate_fn:Optional[Callable]=None, device='cpu') -> dict:
+    "Accuracy % of a probe on the clips of `data` that hold its modality: per target, and 'all' (every target right)."
+    collate_fn = collate_fn or getattr(data, 'collate', None) or default_collate()
+    was, m = probe.training, probe.modality
+    probe.eval()
+    ok = {t: [] for t in probe.heads}
+    for batch in DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate_fn):
+        batch = batch_to(batch, device)
+        keep = batch['present'][m].bool()
+        if keep.sum() < 1: continue
+        out, labels = probe(batch['inputs'][m][keep]), _targets_of(batch, probe.heads, f'probe of {m!r}')
+        for t in ok: ok[t].append((out[t].argmax(-1) == labels[t][keep]).cpu())
+    probe.train(was)
+    if not any(ok.values()): return dict(all=float('nan'), clips=0)
+    ok = {t: torch.cat(v) for t, v in ok.items()}
+    return dict(**{t: 100 * v.float().mean().item() for t, v in ok.items()},
+                all=100 * torch.stack(list(ok.values())).all(0).float().mean().item(), clips=len(next(iter(ok.values()))))
+
 def pretrain_extractors(cfg:KarmmaConfig,        # the teacher's config: its extractors, modalities and targets
                         data,                    # map-style dataset of training clips
-                        path,                    # output file, for `extractor_checkpoint`
+                        path,                    # output file, for `extractor_checkpoint` (and <path>.json, the record)
                         epochs:int=10, lr:float=2e-3, weight_decay:float=0.05, batch_size:int=32,
-                        collate_fn:Optional[Callable]=None, seed:int=0, device='cpu') -> dict:
-    "Train each modality's extractor alone (cross-entropy through a linear head) and save them; returns each one's training accuracy."
+                        collate_fn:Optional[Callable]=None, seed:int=0, device='cpu',
+                        targets:Optional[dict]=None,  # modality -> {target: classes} each extractor learns; None: cfg's targets for all
+                        held_out=None,                # dataset scored after training (the record's held_out accuracy)
+                       ) -> dict:
+    "Train each modality's extractor alone (cross-entropy through linear heads) and save them; returns each one's training accuracy."
     collate_fn = collate_fn or getattr(data, 'collate', None) or default_collate()
-    device, probes, acc = torch.device(device), {}, {}
+    targets = targets or {m: cfg.classes for m in cfg.modalities}
+    if set(targets) != set(cfg.modalities):
+        raise ValueError(f'targets name the modalities {sorted(targets)}; the config has {list(cfg.modalities)}: give each its targets')
+    device, probes, acc, record = torch.device(device), {}, {}, {}
     for m in cfg.modalities:
         torch.manual_seed(step_seed(seed, 1, len(probes)))
-        probe = UnimodalProbe(cfg.replace(extractor_checkpoint=None), m).to(device).train()
+        probe = UnimodalProbe(cfg.replace(extractor_checkpoint=None), m, targets[m]).to(device).train()
         opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
         steps = epochs * math.ceil(len(data) / batch_size)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
@@ -396,12 +452,16 @@ def pretrain_extractors(cfg:KarmmaConfig,        # the teacher's config: its ext
                 keep = batch['present'][m].bool()
                 if keep.sum() < 1: sched.step(); continue
                 out = probe(batch['inputs'][m][keep])
-                labels = {t: v[keep] for t, v in batch_labels(batch, cfg).items()}
-                loss = torch.stack([F.cross_entropy(out[t], labels[t]) for t in cfg.targets]).mean()
+                labels = {t: v[keep] for t, v in _targets_of(batch, targets[m], f'pretraining the {m!r} extractor').items()}
+                loss = torch.stack([F.cross_entropy(out[t], labels[t]) for t in targets[m]]).mean()
                 opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
-                right += int(torch.stack([out[t].argmax(-1) == labels[t] for t in cfg.targets]).all(0).sum()); seen += int(keep.sum())
-        probes[m], acc[m] = probe.extractor.cpu(), 100 * right / max(1, seen)
+                right += int(torch.stack([out[t].argmax(-1) == labels[t] for t in targets[m]]).all(0).sum()); seen += int(keep.sum())
+        acc[m] = 100 * right / max(1, seen)
+        record[m] = dict(targets=dict(targets[m]), train_accuracy=acc[m], clips=len(data), epochs=epochs,
+                         held_out=probe_accuracy(probe, held_out, collate_fn=collate_fn, device=device) if held_out is not None else None)
+        probes[m] = probe.extractor.cpu()
     save_extractor_weights(nn.ModuleDict(probes), path)
+    atomic_write_text(Path(path).with_suffix('.json'), json.dumps(dict(seed=seed, lr=lr, batch_size=batch_size, extractors=record), indent=1))
     return acc
 
 # %% ../../nbs/23_karmma_train.ipynb #4c1d4160

@@ -1,0 +1,168 @@
+"""KARMMA in the miniature world, over seeds: what does distillation add to robustness against missing modalities?
+
+The benchmark is `m2df.karmma.world`'s: 24 classes = colour (RGB only) x motion (RGB and flow) x sound (audio only),
+so that RGB alone can reach at most 50 %, flow 16.7 %, audio 8.3 %. For each seed: the teacher's tiny extractors are
+pretrained alone on the separate pretraining pool (each on the attributes its modality shows) and frozen; the teacher
+(CE + InfoNCE) trains its fusion block and MLP; then the student (modality dropout, CE + KD from the teacher), the
+`dropout_only` baseline (the student's network and modality dropout, no teacher: the ablation of distillation) and
+the `ce_only` baseline. Every model trains until its validation accuracy has not improved for `patience` epochs
+(scale `tiny_converge`: at most 60 epochs, patience 10), and its record says where and why it stopped.
+
+All four are scored on the test split under both protocols: every modality subset on the clips that hold all three
+modalities (`all`: the three; `missing`: the mean over the six subsets lacking one or two), and each modality dropped
+with probability p = 0, 0.1, ..., 0.9 (at least one kept; the same drops for every model).
+
+Resumable: one record per seed and model, <out>/seed<s>/<role>.json, reused when present (and the extractors of a
+seed, <out>/seed<s>/teacher_extractors.pt with its .json record). The summary covers the seeds given:
+mean ± 95% t-interval over seeds, the paired differences student - dropout_only and student - ce_only with their
+t-intervals, and, from the observed spread, the number of seeds a ±3-point interval would need.
+
+    python tests/benchmarks/bench_karmma_world.py --seeds 0 1 2 3 4 [--out runs/karmma-world-study]
+"""
+import argparse, json, math, time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import stats
+
+from m2df.karmma.data import KarmmaDataset
+from m2df.karmma.model import make_karmma_config
+from m2df.karmma.train import CachedClips, KarmmaTrainer, evaluate_protocols, modality_subsets, pretrain_extractors
+from m2df.karmma.world import (POOL_TARGETS, karmma_pool_root, karmma_world_root, load_karmma_pool, load_karmma_world,
+                               modality_bound)
+from m2df.runs import atomic_write_text
+
+ROLES = ('teacher', 'student', 'dropout_only', 'ce_only')
+DROPS = tuple(round(0.1 * i, 1) for i in range(10))
+METRICS = ('all', 'missing') + tuple(f'p{p}' for p in DROPS)
+HALF_WIDTH = 3.                                   # points: the interval the seed count is planned for
+
+
+def t_interval(x):
+    "Mean and 95% t-interval half-width of a sample (nan half-width for one value)."
+    x = np.asarray(x, float)
+    if len(x) < 2: return float(x.mean()), float('nan')
+    return float(x.mean()), float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+
+
+def seeds_needed(sd, half=HALF_WIDTH, most=10_000):
+    "Smallest n >= 2 whose 95% t-interval of a mean of n values with standard deviation `sd` is at most ±half (None if sd is unknown)."
+    if sd is None or not np.isfinite(sd): return None
+    for n in range(2, most + 1):
+        if stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n) <= half: return n
+    return most
+
+
+def data(cfg, videos_per_class, pool_clips):
+    "The benchmark's train/val/test and the pool's train/held_out datasets, each clip decoded once."
+    kw = dict(modalities=cfg.modalities, frames=cfg.frames, size=cfg.size, rgb_norm=cfg.rgb_statistics)
+    root, pool = karmma_world_root(videos_per_class=videos_per_class), karmma_pool_root(clips=pool_clips)
+    ds = {s: CachedClips(KarmmaDataset(load_karmma_world(root, s), **kw)) for s in ('train', 'val', 'test')}
+    ds.update({f'pool_{p}': CachedClips(KarmmaDataset(load_karmma_pool(pool, p), **kw)) for p in ('train', 'held_out')})
+    return ds
+
+
+def figures(res, role, mods):
+    "The record's accuracies of `role` from `evaluate_protocols`' result."
+    r = res['models'][role]
+    acc = {k: v['accuracy'] for k, v in r['subsets'].items()}
+    fewer = ['+'.join(s) for s in modality_subsets(mods) if len(s) < len(mods)]
+    fig = {'all': acc['+'.join(mods)], 'missing': float(np.mean([acc[k] for k in fewer])), 'subsets': acc}
+    fig.update({f'p{p}': r['drop'][p]['accuracy'] for p in DROPS})
+    return fig
+
+
+def one_seed(seed, ds, out, a, over):
+    "Train (or reuse) the four models of one seed; their records {role: record}."
+    cfgs = {r: make_karmma_config('world', r, device='cpu', seed=seed, **over) for r in ROLES}
+    d = out / f'seed{seed}'; d.mkdir(parents=True, exist_ok=True)
+    files = {r: d / f'{r}.json' for r in ROLES}
+    if all(f.exists() for f in files.values()): return {r: json.loads(f.read_text()) for r, f in files.items()}
+    weights = d / 'teacher_extractors.pt'
+    if not weights.exists():
+        w0, c0 = time.time(), time.process_time()
+        pretrain_extractors(cfgs['teacher'], ds['pool_train'], weights, epochs=a.pretrain_epochs, seed=seed, targets=POOL_TARGETS,
+                            held_out=ds['pool_held_out'], batch_size=cfgs['teacher'].batch_size)
+        rec = json.loads(weights.with_suffix('.json').read_text())
+        rec.update(wall_s=round(time.time() - w0, 1), cpu_s=round(time.process_time() - c0, 1))
+        atomic_write_text(weights.with_suffix('.json'), json.dumps(rec, indent=1))
+    pre = json.loads(weights.with_suffix('.json').read_text())
+    print(f'  seed {seed}: extractors pretrained on {len(ds["pool_train"])} pool clips, {a.pretrain_epochs} epochs; held-out pool accuracy % '
+          + '; '.join(f"{m} {', '.join(f'{k} {v:.1f}' for k, v in r['held_out'].items() if k != 'clips')}" for m, r in pre['extractors'].items()),
+          flush=True)
+    cfgs['teacher'] = cfgs['teacher'].replace(extractor_checkpoint=str(weights))
+    recs, teacher = {}, None
+    for role in ROLES:
+        if files[role].exists() and not (role == 'teacher' and not files['student'].exists()):
+            recs[role] = json.loads(files[role].read_text()); continue
+        w0, c0 = time.time(), time.process_time()
+        kw = dict(teacher=teacher.model, teacher_cache=teacher.cache) if role == 'student' else {}
+        tr = KarmmaTrainer(cfgs[role], d / role, ds['train'], ds['val'], **kw)
+        start = tr.epoch
+        result = tr.fit()
+        wall, cpu = time.time() - w0, time.process_time() - c0
+        if role == 'teacher': teacher = tr
+        if files[role].exists(): recs[role] = json.loads(files[role].read_text()); continue   # the teacher, rebuilt for the student
+        res = evaluate_protocols({role: tr.model}, ds['test'], caches={role: tr.cache} if tr.cache is not None else None,
+                                 seed=cfgs[role].eval_seed)
+        recs[role] = dict(seed=seed, role=role, **figures(res, role, cfgs[role].modalities), stop=result['stop'],
+                          best_val=result['best_val'], resumed_from_epoch=start, train_wall_s=round(wall, 1), train_cpu_s=round(cpu, 1),
+                          test_clips=res['clips'], complete_clips=res['complete_clips'])
+        atomic_write_text(files[role], json.dumps(recs[role], indent=1))
+        s = result['stop']
+        print(f"  seed {seed} {role:12s}: all {recs[role]['all']:.1f}, missing {recs[role]['missing']:.1f}, p0.9 {recs[role]['p0.9']:.1f}; "
+              f"stopped after epoch {s['epoch']} ({s['reason']}, best epoch {s['best_epoch']}); {wall:.0f}s wall, {cpu:.0f}s CPU", flush=True)
+    return recs
+
+
+def cell(x): m, h = t_interval(x); return f'{m:.1f} ± {h:.1f}' if np.isfinite(h) else f'{m:.1f}'
+
+
+def summary(recs):
+    "Print the tables over the seeds of `recs` [{role: record}]."
+    n = len(recs)
+    print(f'\n{n} seed(s). Test accuracy % (mean ± 95% t-interval over seeds); chance 4.2%. '
+          f"Bounds: RGB alone {modality_bound(('rgb',)):.1f}, flow {modality_bound(('flow',)):.1f}, audio {modality_bound(('audio',)):.1f}")
+    for cols in (METRICS[:2], METRICS[2:]):
+        print(f"\n{'model':28s}" + ''.join(f'{m:>14s}' for m in cols))
+        for r in ROLES: print(f'{r:28s}' + ''.join(f'{cell([x[r][m] for x in recs]):>14s}' for m in cols))
+        for a_, b_ in (('student', 'dropout_only'), ('student', 'ce_only')):
+            print(f'{a_ + " - " + b_:28s}' + ''.join(f'{cell([x[a_][m] - x[b_][m] for x in recs]):>14s}' for m in cols))
+    print(f'\nseeds needed for a ±{HALF_WIDTH:.0f}-point 95% interval at the observed spread'
+          + (' (needs 2 or more seeds)' if n < 2 else ''))
+    rows = {r: lambda x, m, r=r: x[r][m] for r in ROLES}
+    rows.update({f'{a_} - {b_}': (lambda x, m, a_=a_, b_=b_: x[a_][m] - x[b_][m]) for a_, b_ in (('student', 'dropout_only'), ('student', 'ce_only'))})
+    for cols in (METRICS[:2], METRICS[2:]):
+        print(f"{'':28s}" + ''.join(f'{m:>8s}' for m in cols))
+        for name, f in rows.items():
+            sd = lambda m: float(np.std([f(x, m) for x in recs], ddof=1)) if n > 1 else None
+            print(f'{name:28s}' + ''.join(f'{str(seeds_needed(sd(m)) or "-"):>8s}' for m in cols))
+    print('\nwhere training stopped (epoch, reason) per seed:')
+    for r in ROLES: print(f'{r:14s} ' + '; '.join(f"seed {x[r]['seed']}: {x[r]['stop']['epoch']} ({x[r]['stop']['reason']})" for x in recs))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--seeds', type=int, nargs='+', default=[0], help='training seeds (the benchmark and pool are fixed)')
+    ap.add_argument('--out', default='runs/karmma-world-study')
+    ap.add_argument('--pretrain-epochs', type=int, default=15)
+    ap.add_argument('--pool-clips', type=int, default=None, help='clips of the pretraining pool (default 1200)')
+    ap.add_argument('--videos-per-class', type=int, default=None, help='clips per class of the benchmark (default 30)')
+    ap.add_argument('--max-epochs', type=int, default=None, help="most epochs per model (default: the scale's 60)")
+    ap.add_argument('--patience', type=int, default=None, help="epochs without a better validation accuracy that stop (default 10)")
+    ap.add_argument('--threads', type=int, default=1)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
+    over = dict(epochs=a.max_epochs, patience=a.patience)
+    w0, c0 = time.time(), time.process_time()
+    ds = data(make_karmma_config('world', 'student', **over), a.videos_per_class, a.pool_clips)
+    recs = [one_seed(s, ds, out, a, over) for s in a.seeds]
+    summary(recs)
+    print(f'\ntotal {time.time() - w0:.0f}s wall, {time.process_time() - c0:.0f}s CPU')
+    return recs
+
+
+if __name__ == '__main__':
+    main()
