@@ -28,12 +28,12 @@ from .model import M2DF
 from .stats import (crossed_mean_ci95, paired_to_reference, seed_ci95, seed_summary)
 
 # %% auto #0
-__all__ = ['PUBLISHED_COLUMNS', 'GRADES', 'PUBLISHED_NOT_LISTED', 'REPRESENTATIONS', 'load_published', 'markdown_table',
-           'fmt_acc', 'column_name', 'main_tables', 'main_results_markdown', 'ablation_frame', 'ablation_markdown',
-           'setting_name', 'reference_name', 'differences_sentence', 'describe_runs', 'save_figure', 'chance',
-           'plot_main', 'plot_ablation', 'plot_lambda', 'load_run_model', 'video_vectors', 'episode_embeddings',
-           'tsne_coordinates', 'plot_tsne', 'pps_frame', 'untrained_scores', 'plot_pps', 'query_counts',
-           'per_class_frame', 'plot_per_class']
+__all__ = ['PUBLISHED_COLUMNS', 'GRADES', 'PUBLISHED_NOT_LISTED', 'UNRESOLVED_WIDTH', 'REPRESENTATIONS', 'load_published',
+           'markdown_table', 'fmt_acc', 'column_name', 'main_tables', 'main_results_markdown', 'ablation_frame',
+           'ablation_markdown', 'weights_name', 'setting_name', 'reference_name', 'differences_sentence',
+           'describe_runs', 'save_figure', 'chance', 'plot_main', 'plot_ablation', 'plot_lambda', 'load_run_model',
+           'video_vectors', 'episode_embeddings', 'tsne_coordinates', 'plot_tsne', 'pps_frame', 'untrained_scores',
+           'plot_pps', 'query_counts', 'per_class_frame', 'plot_per_class']
 
 # %% ../nbs/15b_report.ipynb #77581bca
 PUBLISHED_COLUMNS = ('method', 'backbone', 'dataset', 'way', 'shot', 'accuracy', 'grade', 'source', 'note')
@@ -163,6 +163,14 @@ def ablation_markdown(runs: pd.DataFrame, caption: str = '', reference: str = 'f
     return '\n'.join(out)
 
 # %% ../nbs/15b_report.ipynb #9c45b702
+def weights_name(p) -> str:
+    "How a caption names weights: a tag as it is, a file of the package as m2df/<path>, any other file by its name (no machine's folders)."
+    import m2df, os
+    p = str(p)
+    if os.sep not in p: return p
+    pkg = os.path.dirname(os.path.abspath(m2df.__file__))
+    return 'm2df/' + os.path.relpath(p, pkg).replace(os.sep, '/') if os.path.abspath(p).startswith(pkg + os.sep) else os.path.basename(p)
+
 def _values(s) -> str:
     u = list(dict.fromkeys(map(str, s)))
     return u[0] if len(u) == 1 else '/'.join(u)
@@ -176,6 +184,8 @@ def reference_name(reference, column: str = 'variant') -> str:
     return (VARIANTS[reference].label if reference in VARIANTS else str(reference)) if column == 'variant' else \
            (f'λ = {reference:g}' if column == 'lam' else f'{column} = {reference}')
 
+UNRESOLVED_WIDTH = 1.5   # points: a difference inside a CI wider than this is one the runs cannot resolve
+
 def differences_sentence(summary: pd.DataFrame, reference='full', column: str = 'variant') -> str:
     "In words, from the numbers: which paired differences to the reference lie outside their 95% CI and which inside."
     d = summary[(summary[column] != reference) & summary.delta.notna()] if len(summary) else summary
@@ -183,10 +193,14 @@ def differences_sentence(summary: pd.DataFrame, reference='full', column: str = 
     many = len(d[['dataset', 'shot']].drop_duplicates()) > 1
     item = lambda r: (f'{setting_name(r, column)}' + (f' ({column_name(r.dataset, r.shot)})' if many else '') +
                       f' {fmt_acc(r.delta, r.delta_ci95, signed=True)}')
-    out, ins, ref = [item(r) for r in d.itertuples() if r.resolved], [item(r) for r in d.itertuples() if not r.resolved], \
-                    reference_name(reference, column)
+    out = [item(r) for r in d.itertuples() if r.resolved]
+    ins = [item(r) for r in d.itertuples() if not r.resolved and r.delta_ci95 <= UNRESOLVED_WIDTH]
+    wide = [item(r) for r in d.itertuples() if not r.resolved and not r.delta_ci95 <= UNRESOLVED_WIDTH]
+    ref = reference_name(reference, column)
     parts = [f'Differences to {ref} outside their 95% CI: ' + '; '.join(out) + '.'] if out else []
     if ins: parts.append(f'Inside their 95% CI, so these runs do not show a difference to {ref}: ' + '; '.join(ins) + '.')
+    if wide: parts.append(f'Inside their 95% CI and wider than ±{UNRESOLVED_WIDTH:g} points, so these runs cannot resolve a '
+                          f'difference to {ref} in either direction: ' + '; '.join(wide) + '.')
     return ' '.join(parts)
 
 def describe_runs(runs: pd.DataFrame, reference='full', column: str = 'variant') -> str:
@@ -196,7 +210,7 @@ def describe_runs(runs: pd.DataFrame, reference='full', column: str = 'variant')
     data = []
     for ds, g in runs.groupby('dataset', sort=False):
         what = ('the synthetic benchmark (procedural moving-shape videos; ' if ds == 'synthetic' else f'{ds} (') + \
-               f'backbone {_values(g.backbone)}, {"random init" if g.pretrained.isna().all() else "pretrained " + _values(g.pretrained.dropna())})'
+               f'backbone {_values(g.backbone)}, {"random init" if g.pretrained.isna().all() else "pretrained " + _values(g.pretrained.dropna().map(weights_name))})'
         data.append(what)
     seed_sets = list(dict.fromkeys(s.seeds))
     plural = lambda n, w: f'{n} {w}{"" if n == 1 else "s"}'

@@ -228,3 +228,16 @@ def test_pps_frame_over_seeds_against_the_naive_crossed_interval(tmp_path):
     m, h, _ = naive_crossed([[100 * a for a in tops[s]] for s in (0, 1, 2)])
     assert pf.pps_true_top.iloc[0] == pytest.approx(m) and pf.ci95.iloc[0] == pytest.approx(h)
     assert m == pytest.approx(100 * 11 / 24)               # by hand: 4 + 5.5 + 1.5 = 11 queries' worth of 24 episodes
+
+
+def test_captions_say_which_differences_the_runs_cannot_resolve():
+    "Inside its CI: 'do not show' when the CI is at most ±1.5 points (the boundary included), 'cannot resolve' when wider; outside: resolved."
+    rows = [dict(variant='full', label='CLIP-M²DF (full)', dataset='world', shot=1, delta=0., delta_ci95=0., resolved=False),
+            dict(variant='no_pps', label='PPS off (zero prompt)', dataset='world', shot=1, delta=-1.2, delta_ci95=1.5, resolved=False),
+            dict(variant='no_distill', label='distillation off', dataset='world', shot=1, delta=1.0, delta_ci95=1.51, resolved=False),
+            dict(variant='clipfsar', label='CLIP-FSAR-style single view', dataset='world', shot=1, delta=-7.5, delta_ci95=2.9, resolved=True)]
+    text = art.differences_sentence(pd.DataFrame(rows))
+    assert text == ('Differences to CLIP-M²DF (full) outside their 95% CI: CLIP-FSAR-style single view -7.5 ± 2.9. '
+                    'Inside their 95% CI, so these runs do not show a difference to CLIP-M²DF (full): PPS off (zero prompt) -1.2 ± 1.5. '
+                    'Inside their 95% CI and wider than ±1.5 points, so these runs cannot resolve a difference to CLIP-M²DF (full) '
+                    'in either direction: distillation off +1.0 ± 1.5.'), text
