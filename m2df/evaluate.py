@@ -253,7 +253,7 @@ def evaluate(model, cfg: M2DFConfig,
                 raise NonFiniteError(f'non-finite logits at {where(bad)} (of {n_episodes}): the score would be meaningless'
                                      + (f'; the weights hold NaN/inf: {params}' if params else ''))
             pred = out['logits'].argmax(-1).cpu()
-            if out['pps_probs'] is not None:           # does PPS's π put its largest mass on the query's true class?
+            if out.get('pps_probs') is not None:       # does PPS's π put its largest mass on the query's true class?
                 top = (out['pps_probs'].argmax(-1).cpu() == ep['query_labels'].cpu()).float().reshape(len(eps), -1)
                 pps_top += top.mean(1).tolist()
             ok = (pred == ep['query_labels'].cpu()).numpy()                          # E×Q
