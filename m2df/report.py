@@ -165,11 +165,10 @@ def ablation_markdown(runs: pd.DataFrame, caption: str = '', reference: str = 'f
 # %% ../nbs/15b_report.ipynb #9c45b702
 def weights_name(p) -> str:
     "How a caption names weights: a tag as it is, a file of the package as m2df/<path>, any other file by its name (no machine's folders)."
-    import m2df, os
     p = str(p)
-    if os.sep not in p: return p
-    pkg = os.path.dirname(os.path.abspath(m2df.__file__))
-    return 'm2df/' + os.path.relpath(p, pkg).replace(os.sep, '/') if os.path.abspath(p).startswith(pkg + os.sep) else os.path.basename(p)
+    if '/' not in p and '\\' not in p: return p
+    path, pkg = Path(p).resolve(), Path(str(resources.files('m2df'))).resolve()
+    return 'm2df/' + path.relative_to(pkg).as_posix() if pkg in path.parents else path.name
 
 def _values(s) -> str:
     u = list(dict.fromkeys(map(str, s)))
