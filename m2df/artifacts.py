@@ -14,7 +14,8 @@ __all__ = ['config_with', 'VARIANTS', 'ABLATION_GROUPS', 'REFERENCE_ROW', 'BUDGE
            'main_results_markdown', 'ablation_frame', 'ablation_markdown', 'setting_name', 'reference_name',
            'differences_sentence', 'describe_runs', 'save_figure', 'chance', 'plot_main', 'plot_ablation',
            'plot_lambda', 'load_run_model', 'video_vectors', 'episode_embeddings', 'tsne_coordinates', 'plot_tsne',
-           'pps_frame', 'untrained_scores', 'plot_pps', 'query_counts', 'per_class_frame', 'plot_per_class']
+           'pps_frame', 'pps_label', 'pps_table', 'untrained_scores', 'plot_pps', 'query_counts', 'per_class_frame',
+           'plot_per_class']
 
 # %% ../nbs/15_artifacts.ipynb #9fe2c370
 from .config import config_with
@@ -33,5 +34,5 @@ _all_ = ['config_with', 'VARIANTS', 'ABLATION_GROUPS', 'REFERENCE_ROW', 'BUDGET_
          'main_tables', 'main_results_markdown', 'ablation_frame', 'ablation_markdown', 'setting_name',
          'reference_name', 'differences_sentence', 'describe_runs', 'save_figure', 'chance', 'plot_main',
          'plot_ablation', 'plot_lambda', 'load_run_model', 'video_vectors', 'episode_embeddings',
-         'tsne_coordinates', 'plot_tsne', 'pps_frame', 'untrained_scores', 'plot_pps', 'query_counts',
+         'tsne_coordinates', 'plot_tsne', 'pps_frame', 'pps_label', 'pps_table', 'untrained_scores', 'plot_pps', 'query_counts',
          'per_class_frame', 'plot_per_class']   # the public names of the three modules, for `from m2df.artifacts import *`

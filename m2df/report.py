@@ -32,8 +32,8 @@ __all__ = ['PUBLISHED_COLUMNS', 'GRADES', 'PUBLISHED_NOT_LISTED', 'UNRESOLVED_WI
            'markdown_table', 'fmt_acc', 'column_name', 'main_tables', 'main_results_markdown', 'ablation_frame',
            'ablation_markdown', 'weights_name', 'setting_name', 'reference_name', 'differences_sentence',
            'describe_runs', 'save_figure', 'chance', 'plot_main', 'plot_ablation', 'plot_lambda', 'load_run_model',
-           'video_vectors', 'episode_embeddings', 'tsne_coordinates', 'plot_tsne', 'pps_frame', 'untrained_scores',
-           'plot_pps', 'query_counts', 'per_class_frame', 'plot_per_class']
+           'video_vectors', 'episode_embeddings', 'tsne_coordinates', 'plot_tsne', 'pps_frame', 'pps_label',
+           'pps_table', 'untrained_scores', 'plot_pps', 'query_counts', 'per_class_frame', 'plot_per_class']
 
 # %% ../nbs/15b_report.ipynb #77581bca
 PUBLISHED_COLUMNS = ('method', 'backbone', 'dataset', 'way', 'shot', 'accuracy', 'grade', 'source', 'note')
@@ -428,17 +428,35 @@ def plot_tsne(panels: dict, suptitle: str = ''):
 def _has_pps(x) -> bool: return x is not None and not (isinstance(x, float) and math.isnan(x))
 
 def pps_frame(runs: pd.DataFrame) -> pd.DataFrame:
-    "Per setting with PPS on: % of test queries whose π peaks on their true class, mean over seeds ± crossed 95% CI, and chance."
-    cols = ['variant', 'label', 'dataset', 'shot', 'lam', 'n_seeds', 'seeds', 'pps_true_top', 'ci95', 'chance']
+    "Per setting with PPS on: % of test queries whose π peaks on their true class and its accuracy, each the mean over seeds ± crossed 95% CI, and chance."
+    cols = ['setting', 'variant', 'label', 'dataset', 'shot', 'lam', 'n_seeds', 'seeds', 'pps_true_top', 'ci95', 'chance', 'accuracy', 'accuracy_ci95']
     have = runs[runs.pps_episode_true_top.map(_has_pps)] if 'pps_episode_true_top' in runs else runs.iloc[:0]
     rows = []
     for _, g in have.groupby('setting', sort=False):
         g = g.sort_values('seed', kind='stable')
         m, h, _ = crossed_mean_ci95(100 * np.stack(g.pps_episode_true_top.to_list()))
+        a, ah, _ = crossed_mean_ci95(100 * np.stack(g.episode_accuracy.to_list()))
         r = g.iloc[0]
-        rows.append(dict(variant=r.variant, label=r.label, dataset=r.dataset, shot=int(r.shot), lam=r.lam, n_seeds=len(g),
-                         seeds=tuple(int(s) for s in g.seed), pps_true_top=m, ci95=h, chance=chance(r.way)))
+        rows.append(dict(setting=r.setting, variant=r.variant, label=r.label, dataset=r.dataset, shot=int(r.shot), lam=r.lam,
+                         n_seeds=len(g), seeds=tuple(int(s) for s in g.seed), pps_true_top=m, ci95=h, chance=chance(r.way),
+                         accuracy=a, accuracy_ci95=ah))
     return pd.DataFrame(rows, columns=cols)
+
+def pps_label(r, frame: pd.DataFrame) -> str:
+    "A trained setting's name in the PPS table and figure: its label, and its dataset, shot and λ where `frame` has several."
+    return (f'trained: {r.label}' + (f', {r.dataset}' if frame.dataset.nunique() > 1 else '')
+            + (f', {r.shot}-shot' if frame.shot.nunique() > 1 else '') + (f', λ={r.lam:g}' if frame.lam.nunique() > 1 else ''))
+
+def pps_table(frame: pd.DataFrame, before: Optional[dict] = None,
+              head_seed: int = 0,   # the seed the untrained models' heads were initialised with
+             ) -> pd.DataFrame:
+    "The PPS table: one row per model before training ({name: evaluate result}) and per trained setting of `frame`."
+    share, acc = 'π peaks on the true class, %', 'accuracy %'
+    rows = [{'setting': name, 'seeds': f'head seed {head_seed}', share: fmt_acc(r['pps_true_top'], r['pps_true_top_ci95']),
+             acc: fmt_acc(r['accuracy'], r['ci95'])} for name, r in (before or {}).items()]
+    rows += [{'setting': pps_label(r, frame), 'seeds': ', '.join(map(str, r.seeds)), share: fmt_acc(r.pps_true_top, r.ci95),
+              acc: fmt_acc(r.accuracy, r.accuracy_ci95)} for r in frame.itertuples()]
+    return pd.DataFrame(rows, columns=['setting', 'seeds', share, acc])
 
 def untrained_scores(cfg: M2DFConfig, device='cpu') -> dict:
     "Test scores of the model of `cfg` before any training (its pretrained or random towers, the head initialised from `cfg.seed`), on the run's fixed test episodes."
@@ -449,8 +467,7 @@ def untrained_scores(cfg: M2DFConfig, device='cpu') -> dict:
 def plot_pps(frame: pd.DataFrame, before: Optional[dict] = None):
     "Horizontal bars: % of test queries whose π peaks on their true class (95% CI), before training ({name: evaluate result}) and after, with chance."
     rows = [(name, r['pps_true_top'], r['pps_true_top_ci95']) for name, r in (before or {}).items() if r.get('pps_true_top') is not None]
-    rows += [(f'trained: {r.label}' + (f', {r.shot}-shot' if frame.shot.nunique() > 1 else '') + (f', λ={r.lam:g}' if frame.lam.nunique() > 1 else ''),
-              r.pps_true_top, r.ci95) for r in frame.itertuples()]
+    rows += [(pps_label(r, frame), r.pps_true_top, r.ci95) for r in frame.itertuples()]
     fig, ax = plt.subplots(figsize=(7, 0.9 + 0.38 * max(1, len(rows))))
     y = np.arange(len(rows))[::-1]
     ax.barh(y, [r[1] for r in rows], xerr=[r[2] for r in rows], capsize=3,

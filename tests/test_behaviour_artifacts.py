@@ -12,9 +12,9 @@ from m2df.artifacts import (VARIANTS, CPU_BUDGET, run_path, collect_runs, seed_s
                             seed_ci95, fmt_acc, describe_runs, differences_sentence, ablation_markdown)
 
 
-def write_run(root, variant, acc, train_seed=0, per_class=None):
+def write_run(root, variant, acc, train_seed=0, per_class=None, dataset='synthetic'):
     "A finished run folder (config.json, test.json) of `variant` with per-episode accuracies `acc` (fractions)."
-    cfg = VARIANTS[variant].config('synthetic', eval_seed=2024, seed=train_seed, **CPU_BUDGET['synthetic'])
+    cfg = VARIANTS[variant].config(dataset, eval_seed=2024, seed=train_seed, **CPU_BUDGET[dataset])
     d = run_path(root, cfg); d.mkdir(parents=True)
     (d / 'config.json').write_text(json.dumps(cfg.to_dict()))
     acc = [float(a) for a in acc]
@@ -228,6 +228,25 @@ def test_pps_frame_over_seeds_against_the_naive_crossed_interval(tmp_path):
     m, h, _ = naive_crossed([[100 * a for a in tops[s]] for s in (0, 1, 2)])
     assert pf.pps_true_top.iloc[0] == pytest.approx(m) and pf.ci95.iloc[0] == pytest.approx(h)
     assert m == pytest.approx(100 * 11 / 24)               # by hand: 4 + 5.5 + 1.5 = 11 queries' worth of 24 episodes
+
+
+def test_pps_table_keeps_each_benchmarks_settings_apart(tmp_path):
+    "Two benchmarks' runs of one variant: one row each, named by benchmark, each with its own share and accuracy (by hand)."
+    for ds, acc, top in (('synthetic', [1, 0, 1, 1], [1, 0, 0, 0]), ('world', [0, 0, 1, 0], [1, 1, 1, .5])):
+        d = write_run(tmp_path, 'full', acc, dataset=ds)
+        rec = json.loads((d / 'test.json').read_text())
+        rec.update(pps_true_top=100 * float(np.mean(top)), pps_episode_true_top=[float(a) for a in top])
+        (d / 'test.json').write_text(json.dumps(rec))
+    pf = art.pps_frame(collect_runs(sorted(p.parent for p in tmp_path.rglob('test.json'))))
+    tab = art.pps_table(pf.sort_values('dataset'), {'before training': dict(pps_true_top=20., pps_true_top_ci95=0.5, accuracy=21.25, ci95=3.)},
+                        head_seed=4)
+    share = 'π peaks on the true class, %'
+    assert tab.setting.tolist() == ['before training', 'trained: CLIP-M²DF (full), synthetic', 'trained: CLIP-M²DF (full), world']
+    assert tab.seeds.tolist() == ['head seed 4', '0', '0']
+    assert [c.split(' ± ')[0] for c in tab[share]] == ['20.0', '25.0', '87.5']
+    assert [c.split(' ± ')[0] for c in tab['accuracy %']] == ['21.2', '75.0', '25.0']
+    # one run, four episodes: 1.96·σ/√4 over the episodes (population σ), by hand for the world's accuracies 0, 0, 100, 0
+    assert tab['accuracy %'].iloc[2] == f'25.0 ± {1.96 * math.sqrt(1875) / 2:.1f}'
 
 
 def test_captions_say_which_differences_the_runs_cannot_resolve():

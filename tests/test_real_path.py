@@ -186,6 +186,8 @@ def test_tables_notebook_without_openai_weights(roots, tmp_path):
               drop_missing=True, shot=1, variants='full,clipfsar', runs_dir=str(tmp_path / 'runs'), figures_dir=str(figures))
     md = (figures / f'main_results_{tag}.md').read_text()
     assert 'CLIP-M²DF (full)' in md and 'm2df-tiny-vit' in md, md
+    pps = (figures / f'pps_{tag}.md').read_text()              # one PPS row per benchmark, each with its own accuracy
+    assert all(pps.count(f'| trained: CLIP-M²DF (full), {b} |') == 1 for b in BENCHES), pps
     runs = [json.loads(p.read_text()) for p in sorted((tmp_path / 'runs').glob('*/*/config.json'))]
     assert sorted(c['dataset'] for c in runs) == sorted(BENCHES * 2)
     assert all(c['pretrained'] is None and c['backbone'] == 'm2df-tiny-vit' for c in runs)
