@@ -429,6 +429,14 @@ BREAKS = [
     B('pps_frame_first_seed_only', 'report.py', "m, h, _ = crossed_mean_ci95(100 * np.stack(g.pps_episode_true_top.to_list()))",
       "m, h, _ = crossed_mean_ci95(100 * np.stack(g.pps_episode_true_top.to_list()[:1]))",
       "the PPS summary of a setting reads its first seed only", ('issue22', 'statistics'), ART),
+    B('drop_weight_no_all_dropped_case', 'karmma/train.py', "(p ** held / held if kept == 1 else 0.)", "0.",
+      "the drop protocol's expectation forgets that a clip with every modality dropped keeps one", ('issue22', 'karmma'), KAR),
+    B('drop_weight_swapped_powers', 'karmma/train.py', "(1 - p) ** kept * p ** (held - kept)", "p ** kept * (1 - p) ** (held - kept)",
+      "the drop protocol's expectation weighs a kept modality by p instead of 1 - p", ('issue22', 'karmma'), KAR),
+    B('pps_label_without_dataset', 'report.py', "(f', {r.dataset}' if frame.dataset.nunique() > 1 else '')", "''",
+      "the PPS table's rows of two benchmarks carry the same name", ('issue22', 'statistics'), ART),
+    B('pps_table_accuracy_is_share', 'report.py', "acc: fmt_acc(r.accuracy, r.accuracy_ci95)", "acc: fmt_acc(r.pps_true_top, r.ci95)",
+      "the PPS table's accuracy column repeats π's hit rate", ('issue22', 'statistics'), ART),
 ]
 BY_NAME = {b.name: b for b in BREAKS}
 assert len(BY_NAME) == len(BREAKS), 'two breaks share a name'

@@ -64,3 +64,26 @@ def test_training_ends_on_the_best_validated_weights(tmp_path, monkeypatch):
     sd = tr.model.state_dict()
     assert all(torch.equal(sd[k], best['model'][k]) for k in sd)
     assert any(not torch.equal(sd[k], last['model'][k]) for k in sd)
+
+
+def naive_keep_share(p, trials=20_000, n=3, kept='rgb'):
+    "Share of simulated complete clips whose modality `kept` survives the drop rule (each dropped with p; all dropped: one kept at random)."
+    import random
+    rng, mods, hit = random.Random(7), ['rgb', 'flow', 'audio'][:n], 0
+    for _ in range(trials):
+        k = [m for m in mods if rng.random() >= p] or [rng.choice(mods)]
+        hit += kept in k
+    return hit / trials
+
+
+@pytest.mark.parametrize('p', [0., 0.1, 0.6, 0.9, 1.])
+def test_expected_drop_accuracy_is_the_drop_rule_in_expectation(p):
+    "A model right exactly when RGB is kept: by hand (1 - p) + p³/3, and the share a naive simulation of the rule keeps."
+    mods = ('rgb', 'flow', 'audio')
+    acc = {ktrain.subset_name(s): 100. * ('rgb' in s) for s in ktrain.modality_subsets(mods)}
+    e = ktrain.expected_drop_accuracy(acc, p, mods)
+    assert e == pytest.approx(100 * ((1 - p) + p ** 3 / 3))
+    assert e == pytest.approx(100 * naive_keep_share(p), abs=1.5)          # the simulation's sd is at most 0.35 points
+    # a model right only on the full set: every modality must survive, (1 - p)³
+    full = {k: 100. * (k == 'rgb+flow+audio') for k in acc}
+    assert ktrain.expected_drop_accuracy(full, p, mods) == pytest.approx(100 * (1 - p) ** 3)

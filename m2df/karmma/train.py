@@ -27,8 +27,8 @@ from ..runs import RunDir, atomic_write_text, config_mismatch, load_checkpoint, 
 __all__ = ['KARMMA_ARCH_FIELDS', 'DROP_LEVELS', 'karmma_lr', 'batch_to', 'batch_labels', 'default_collate', 'TokenStore',
            'clip_keys', 'TokenCache', 'model_tokens', 'CachedClips', 'load_karmma_checkpoint', 'load_karmma_model',
            'stopping_reason', 'KarmmaTrainer', 'UnimodalProbe', 'probe_accuracy', 'pretrain_extractors',
-           'modality_subsets', 'subset_name', 'fixed_drops', 'evaluate_protocols', 'evaluate_all_modalities',
-           'subset_table', 'drop_table']
+           'modality_subsets', 'subset_name', 'fixed_drops', 'drop_weight', 'expected_drop_accuracy',
+           'evaluate_protocols', 'evaluate_all_modalities', 'subset_table', 'drop_table']
 
 # %% ../../nbs/23_karmma_train.ipynb #8623d1b1
 def karmma_lr(cfg:KarmmaConfig, step:int, steps_per_epoch:int) -> float:
@@ -485,6 +485,23 @@ def fixed_drops(ids:list, present:dict, p:float, seed:int) -> dict:
         if not k.any() and P[i].any(): k[rng.choice(np.flatnonzero(P[i]))] = True
         keep[i] = k
     return {m: torch.as_tensor(keep[:, j]).to(present[m].device) for j, m in enumerate(mods)}
+
+# %% ../../nbs/23_karmma_train.ipynb #e7a1d0c2
+def drop_weight(kept:int,   # modalities kept
+                held:int,   # modalities the clip holds
+                p:float) -> float:
+    "Probability that `fixed_drops` keeps one given set of `kept` of a clip's `held` modalities at drop probability p."
+    if not 1 <= kept <= held: return 0.
+    return (1 - p) ** kept * p ** (held - kept) + (p ** held / held if kept == 1 else 0.)
+
+def expected_drop_accuracy(subset_accuracy:dict,  # subset name ('rgb+audio') -> accuracy on the clips holding every modality
+                           p:float, modalities) -> float:
+    "Accuracy at drop probability p as its exact expectation over `fixed_drops`' draws, from the subset protocol's accuracies."
+    subs = modality_subsets(modalities)
+    missing = [subset_name(s) for s in subs if subset_name(s) not in subset_accuracy]
+    if missing: raise ValueError(f'no subset accuracy for {missing}: the expectation needs every non-empty subset of {list(modalities)}')
+    return float(sum(drop_weight(len(s), len(subs[-1]), p) * subset_accuracy[subset_name(s)] for s in subs))
+
 
 # %% ../../nbs/23_karmma_train.ipynb #f3b663d7
 @torch.no_grad()

@@ -10,7 +10,9 @@ the `ce_only` baseline. Every model trains until its validation accuracy has not
 
 All four are scored on the test split under both protocols: every modality subset on the clips that hold all three
 modalities (`all`: the three; `missing`: the mean over the six subsets lacking one or two), and each modality dropped
-with probability p = 0, 0.1, ..., 0.9 (at least one kept; the same drops for every model).
+with probability p = 0, 0.1, ..., 0.9 (at least one kept; the same drops for every model): `p<p>` is one draw of the
+drops per test clip, as the paper's protocol; `e<p>` is the same accuracy as its exact expectation over the draws, on
+the clips that hold all three modalities (`expected_drop_accuracy` of the subset accuracies), without the draws' noise.
 
 Resumable: one record per seed and model, <out>/seed<s>/<role>.json, reused when present (and the extractors of a
 seed, <out>/seed<s>/teacher_extractors.pt with its .json record). The summary covers the seeds given:
@@ -28,14 +30,18 @@ from scipy import stats
 
 from m2df.karmma.data import KarmmaDataset
 from m2df.karmma.model import make_karmma_config
-from m2df.karmma.train import CachedClips, KarmmaTrainer, evaluate_protocols, modality_subsets, pretrain_extractors
+from m2df.karmma.train import (CachedClips, KarmmaTrainer, evaluate_protocols, expected_drop_accuracy, modality_subsets,
+                               pretrain_extractors)
 from m2df.karmma.world import (POOL_TARGETS, karmma_pool_root, karmma_world_root, load_karmma_pool, load_karmma_world,
                                modality_bound)
 from m2df.runs import atomic_write_text
 
 ROLES = ('teacher', 'student', 'dropout_only', 'ce_only')
 DROPS = tuple(round(0.1 * i, 1) for i in range(10))
-METRICS = ('all', 'missing') + tuple(f'p{p}' for p in DROPS)
+METRICS = ('all', 'missing') + tuple(f'p{p}' for p in DROPS) + tuple(f'e{p}' for p in DROPS)
+GROUPS = {'the subset protocol (clips holding all three modalities)': METRICS[:2],
+          'the drop protocol, one draw per clip (all test clips)': METRICS[2:12],
+          'the drop protocol, exact expectation over the draws (clips holding all three modalities)': METRICS[12:]}
 HALF_WIDTH = 3.                                   # points: the interval the seed count is planned for
 
 
@@ -70,7 +76,12 @@ def figures(res, role, mods):
     fewer = ['+'.join(s) for s in modality_subsets(mods) if len(s) < len(mods)]
     fig = {'all': acc['+'.join(mods)], 'missing': float(np.mean([acc[k] for k in fewer])), 'subsets': acc}
     fig.update({f'p{p}': r['drop'][p]['accuracy'] for p in DROPS})
-    return fig
+    return with_expected(fig, mods)
+
+
+def with_expected(rec, mods):
+    "`rec` with the drop protocol's exact expectations e<p> from its subset accuracies (records written before they existed included)."
+    return {**rec, **{f'e{p}': expected_drop_accuracy(rec['subsets'], p, mods) for p in DROPS}}
 
 
 def one_seed(seed, ds, out, a, over):
@@ -78,7 +89,8 @@ def one_seed(seed, ds, out, a, over):
     cfgs = {r: make_karmma_config('world', r, device='cpu', seed=seed, **over) for r in ROLES}
     d = out / f'seed{seed}'; d.mkdir(parents=True, exist_ok=True)
     files = {r: d / f'{r}.json' for r in ROLES}
-    if all(f.exists() for f in files.values()): return {r: json.loads(f.read_text()) for r, f in files.items()}
+    if all(f.exists() for f in files.values()):
+        return {r: with_expected(json.loads(f.read_text()), cfgs[r].modalities) for r, f in files.items()}
     weights = d / 'teacher_extractors.pt'
     if not weights.exists():
         w0, c0 = time.time(), time.process_time()
@@ -95,7 +107,7 @@ def one_seed(seed, ds, out, a, over):
     recs, teacher = {}, None
     for role in ROLES:
         if files[role].exists() and not (role == 'teacher' and not files['student'].exists()):
-            recs[role] = json.loads(files[role].read_text()); continue
+            recs[role] = with_expected(json.loads(files[role].read_text()), cfgs[role].modalities); continue
         w0, c0 = time.time(), time.process_time()
         kw = dict(teacher=teacher.model, teacher_cache=teacher.cache) if role == 'student' else {}
         tr = KarmmaTrainer(cfgs[role], d / role, ds['train'], ds['val'], **kw)
@@ -103,7 +115,8 @@ def one_seed(seed, ds, out, a, over):
         result = tr.fit()
         wall, cpu = time.time() - w0, time.process_time() - c0
         if role == 'teacher': teacher = tr
-        if files[role].exists(): recs[role] = json.loads(files[role].read_text()); continue   # the teacher, rebuilt for the student
+        if files[role].exists():                                   # the teacher, rebuilt for the student
+            recs[role] = with_expected(json.loads(files[role].read_text()), cfgs[role].modalities); continue
         res = evaluate_protocols({role: tr.model}, ds['test'], caches={role: tr.cache} if tr.cache is not None else None,
                                  seed=cfgs[role].eval_seed)
         recs[role] = dict(seed=seed, role=role, **figures(res, role, cfgs[role].modalities), stop=result['stop'],
@@ -124,8 +137,8 @@ def summary(recs):
     n = len(recs)
     print(f'\n{n} seed(s). Test accuracy % (mean ± 95% t-interval over seeds); chance 4.2%. '
           f"Bounds: RGB alone {modality_bound(('rgb',)):.1f}, flow {modality_bound(('flow',)):.1f}, audio {modality_bound(('audio',)):.1f}")
-    for cols in (METRICS[:2], METRICS[2:]):
-        print(f"\n{'model':28s}" + ''.join(f'{m:>14s}' for m in cols))
+    for title, cols in GROUPS.items():
+        print(f"\n{title}\n{'model':28s}" + ''.join(f'{m:>14s}' for m in cols))
         for r in ROLES: print(f'{r:28s}' + ''.join(f'{cell([x[r][m] for x in recs]):>14s}' for m in cols))
         for a_, b_ in (('student', 'dropout_only'), ('student', 'ce_only')):
             print(f'{a_ + " - " + b_:28s}' + ''.join(f'{cell([x[a_][m] - x[b_][m] for x in recs]):>14s}' for m in cols))
@@ -133,7 +146,7 @@ def summary(recs):
           + (' (needs 2 or more seeds)' if n < 2 else ''))
     rows = {r: lambda x, m, r=r: x[r][m] for r in ROLES}
     rows.update({f'{a_} - {b_}': (lambda x, m, a_=a_, b_=b_: x[a_][m] - x[b_][m]) for a_, b_ in (('student', 'dropout_only'), ('student', 'ce_only'))})
-    for cols in (METRICS[:2], METRICS[2:]):
+    for cols in GROUPS.values():
         print(f"{'':28s}" + ''.join(f'{m:>8s}' for m in cols))
         for name, f in rows.items():
             sd = lambda m: float(np.std([f(x, m) for x in recs], ddof=1)) if n > 1 else None
