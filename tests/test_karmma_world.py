@@ -191,13 +191,19 @@ def test_bench_trains_four_models_records_and_resumes(tmp_path, monkeypatch, cap
         assert rec['stop']['reason'] == 'max_epochs' and rec['stop']['epoch'] == 2 and rec['train_cpu_s'] > 0
         assert set(rec['subsets']) == {'+'.join(s) for s in SUBSETS} and 'p0.9' in rec
         assert math.isclose(rec['missing'], np.mean([v for k, v in rec['subsets'].items() if k != 'rgb+flow+audio']))
+        a = rec['subsets']                       # the exact drop curve: everything kept at p = 0; at 0.5 by hand (1/8 each, + 1/24 to singles)
+        assert math.isclose(rec['e0.0'], a['rgb+flow+audio'])
+        assert math.isclose(rec['e0.5'], sum(a.values()) / 8 + (a['rgb'] + a['flow'] + a['audio']) / 24)
     assert 'student - dropout_only' in out and 'seeds needed' in out
     d = recs[0]['student']['all'] - recs[0]['dropout_only']['all']
     assert f'{d:.1f}' in out.split('student - dropout_only')[1].split('\n')[0]
     mtimes = {r: f.stat().st_mtime_ns for r, f in files.items()}
-    again = b.main(args)
+    again = b.main(args + ['--figure', str(tmp_path / 'fig' / 'k')])
     assert 'stopped after epoch' not in capsys.readouterr().out            # nothing trained again
     assert {r: f.stat().st_mtime_ns for r, f in files.items()} == mtimes and again == recs
+    md = (tmp_path / 'fig' / 'k.md').read_text()
+    e = recs[0]['student']['e0.3'] - recs[0]['dropout_only']['e0.3']
+    assert (tmp_path / 'fig' / 'k.png').stat().st_size > 0 and f'{e:+.1f}' in md.split('| student − dropout_only | exact expectation |')[1].split('\n')[0]
 
 
 def test_papermill_world_tiny(tmp_path):

@@ -19,7 +19,10 @@ seed, <out>/seed<s>/teacher_extractors.pt with its .json record). The summary co
 mean ± 95% t-interval over seeds, the paired differences student - dropout_only and student - ce_only with their
 t-intervals, and, from the observed spread, the number of seeds a ±3-point interval would need.
 
-    python tests/benchmarks/bench_karmma_world.py --seeds 0 1 2 3 4 [--out runs/karmma-world-study]
+    python tests/benchmarks/bench_karmma_world.py --seeds 0 1 2 3 4 [--out runs/karmma-world-study] [--figure figures/karmma_seeds_world]
+
+`--figure F` also writes F.png (the drop curves of the four models and the two paired differences, mean ± 95%
+t-interval over the seeds, by both estimators) and F.md (the differences' table), from the seeds given.
 """
 import argparse, json, math, time
 from pathlib import Path
@@ -155,6 +158,43 @@ def summary(recs):
     for r in ROLES: print(f'{r:14s} ' + '; '.join(f"seed {x[r]['seed']}: {x[r]['stop']['epoch']} ({x[r]['stop']['reason']})" for x in recs))
 
 
+def figure(recs, path):
+    "Write <path>.png and <path>.md: drop curves and paired differences over the seeds of `recs`, both estimators."
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    n, path = len(recs), Path(path)
+    pairs = (('student', 'dropout_only'), ('student', 'ce_only'))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for r, c in zip(ROLES, ('0.4', 'C3', 'C0', 'C2')):
+        mh = np.array([t_interval([x[r][f'e{p}'] for x in recs]) for p in DROPS])
+        axes[0].plot(DROPS, mh[:, 0], color=c, label=r); axes[0].fill_between(DROPS, *(mh[:, 0] + s_ * mh[:, 1] for s_ in (-1, 1)), color=c, alpha=.15)
+    axes[0].set(xlabel='drop probability p', ylabel='test accuracy % (exact expectation)', title='the four models')
+    axes[0].legend(fontsize=7)
+    for ax, (a_, b_) in zip(axes[1:], pairs):
+        for k, (key, name, dx) in enumerate((('e', 'exact expectation over the draws', -0.012), ('p', 'one draw per clip', 0.012))):
+            mh = np.array([t_interval([x[a_][f'{key}{p}'] - x[b_][f'{key}{p}'] for x in recs]) for p in DROPS])
+            ax.errorbar(np.array(DROPS) + dx, mh[:, 0], yerr=mh[:, 1], fmt='o-' if k == 0 else 's:', ms=3, capsize=2, label=name,
+                        color='C0' if k == 0 else '0.5')
+        ax.axhline(0, color='0.3', lw=.8); ax.axhspan(-HALF_WIDTH, HALF_WIDTH, color='0.9', zorder=0)
+        ax.set(xlabel='drop probability p', ylabel='paired difference, points', title=f'{a_} − {b_}'); ax.legend(fontsize=7)
+    fig.suptitle(f'KARMMA in the miniature world: {n} seeds, mean ± 95% t-interval over the seeds (grey band: ±{HALF_WIDTH:g})', fontsize=9)
+    fig.tight_layout(); path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path.with_suffix('.png'), dpi=120); plt.close(fig)
+    head = '| difference | estimator | ' + ' | '.join(f'p = {p:g}' for p in DROPS) + ' |'
+    lines = [head, '|' + '---|' * (len(DROPS) + 2)]
+    for a_, b_ in pairs:
+        for key, name in (('e', 'exact expectation'), ('p', 'one draw per clip')):
+            lines.append(f'| {a_} − {b_} | {name} | ' + ' | '.join(
+                '{:+.1f} ± {:.1f}'.format(*t_interval([x[a_][f'{key}{p}'] - x[b_][f'{key}{p}'] for x in recs])) for p in DROPS) + ' |')
+    widest = {f'{a_} − {b_}': max(t_interval([x[a_][f'e{p}'] - x[b_][f'e{p}'] for x in recs])[1] for p in DROPS) for a_, b_ in pairs}
+    caption = (f'Paired test-accuracy differences (points) at each drop probability, mean ± 95% t-interval over {n} training seeds '
+               f'({", ".join(str(x["student"]["seed"]) for x in recs)}), on the fixed test split ({recs[0]["student"]["test_clips"]} clips, '
+               f'{recs[0]["student"]["complete_clips"]} with all three modalities). Exact expectation: the accuracy at p averaged exactly '
+               f'over the drop draws, on the clips with all three modalities; one draw per clip: the drops drawn once, on all clips. '
+               'Widest exact interval: ' + ', '.join(f'{k} ±{v:.1f}' for k, v in widest.items()) + '.')
+    path.with_suffix('.md').write_text('### KARMMA in the miniature world, over seeds\n\n' + '\n'.join(lines) + f'\n\n*{caption}*\n')
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--seeds', type=int, nargs='+', default=[0], help='training seeds (the benchmark and pool are fixed)')
@@ -165,6 +205,7 @@ def main(argv=None):
     ap.add_argument('--max-epochs', type=int, default=None, help="most epochs per model (default: the scale's 60)")
     ap.add_argument('--patience', type=int, default=None, help="epochs without a better validation accuracy that stop (default 10)")
     ap.add_argument('--threads', type=int, default=1)
+    ap.add_argument('--figure', default=None, help='also write <figure>.png and <figure>.md from the seeds given')
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
@@ -173,6 +214,7 @@ def main(argv=None):
     ds = data(make_karmma_config('world', 'student', **over), a.videos_per_class, a.pool_clips)
     recs = [one_seed(s, ds, out, a, over) for s in a.seeds]
     summary(recs)
+    if a.figure: figure(recs, a.figure)
     print(f'\ntotal {time.time() - w0:.0f}s wall, {time.process_time() - c0:.0f}s CPU')
     return recs
 
