@@ -11,11 +11,11 @@ __all__ = ['config_with', 'VARIANTS', 'ABLATION_GROUPS', 'REFERENCE_ROW', 'BUDGE
            'run_grid', 'load_run', 'collect_runs', 'find_runs', 'reference_groups', 'paired_to_reference',
            'crossed_mean_ci95', 'seed_ci95', 'seed_summary', 'PUBLISHED_COLUMNS', 'GRADES', 'PUBLISHED_NOT_LISTED',
            'REPRESENTATIONS', 'load_published', 'markdown_table', 'fmt_acc', 'column_name', 'main_tables',
-           'main_results_markdown', 'ablation_frame', 'ablation_markdown', 'setting_name', 'reference_name',
-           'differences_sentence', 'describe_runs', 'save_figure', 'chance', 'plot_main', 'plot_ablation',
-           'plot_lambda', 'load_run_model', 'video_vectors', 'episode_embeddings', 'tsne_coordinates', 'plot_tsne',
-           'pps_frame', 'pps_label', 'pps_table', 'untrained_scores', 'plot_pps', 'query_counts', 'per_class_frame',
-           'plot_per_class']
+           'main_results_markdown', 'ablation_frame', 'ablation_markdown', 'weights_name', 'UNRESOLVED_WIDTH',
+           'setting_name', 'reference_name', 'differences_sentence', 'describe_runs', 'save_figure', 'chance',
+           'plot_main', 'plot_ablation', 'plot_lambda', 'load_run_model', 'video_vectors', 'episode_embeddings',
+           'tsne_coordinates', 'plot_tsne', 'pps_frame', 'pps_label', 'pps_table', 'untrained_scores', 'plot_pps',
+           'query_counts', 'per_class_frame', 'plot_per_class']
 
 # %% ../nbs/15_artifacts.ipynb #9fe2c370
 from .config import config_with
@@ -31,7 +31,7 @@ _all_ = ['config_with', 'VARIANTS', 'ABLATION_GROUPS', 'REFERENCE_ROW', 'BUDGET_
          'run_grid', 'load_run', 'collect_runs', 'find_runs', 'reference_groups',
          'paired_to_reference', 'crossed_mean_ci95', 'seed_ci95', 'seed_summary', 'PUBLISHED_COLUMNS', 'GRADES',
          'PUBLISHED_NOT_LISTED', 'REPRESENTATIONS', 'load_published', 'markdown_table', 'fmt_acc', 'column_name',
-         'main_tables', 'main_results_markdown', 'ablation_frame', 'ablation_markdown', 'setting_name',
+         'main_tables', 'main_results_markdown', 'ablation_frame', 'ablation_markdown', 'weights_name', 'UNRESOLVED_WIDTH', 'setting_name',
          'reference_name', 'differences_sentence', 'describe_runs', 'save_figure', 'chance', 'plot_main',
          'plot_ablation', 'plot_lambda', 'load_run_model', 'video_vectors', 'episode_embeddings',
          'tsne_coordinates', 'plot_tsne', 'pps_frame', 'pps_label', 'pps_table', 'untrained_scores', 'plot_pps', 'query_counts',

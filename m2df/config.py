@@ -12,10 +12,10 @@ import numpy as np
 # %% auto #0
 __all__ = ['VIEWS', 'PPS_MODES', 'DISTILL_CONDITIONS', 'DISTILL_DIRECTIONS', 'TEXT_TOKENS', 'MATCHINGS',
            'DISTILL_NONE_REDUCTIONS', 'VIDEO_TEXT_HEADS', 'BN_MODES', 'CLASS_NAMINGS', 'FRAME_SAMPLINGS',
-           'MAX_DEFAULT_WORKERS', 'BACKBONE_WIDTHS', 'METHOD_PRESETS', 'REFERENCE_FIXES', 'BENCHMARK_PRESETS',
-           'AUTHORS_MAIN_SCRIPT', 'PRESET_CASES', 'AUTHORS_MISTAKES', 'default_num_workers', 'M2DFConfig',
-           'ConfigError', 'coerce_value', 'field_types', 'coerce_fields', 'parse_overrides', 'config_with',
-           'make_config', 'authors_mistakes']
+           'MAX_DEFAULT_WORKERS', 'PACKAGE_WEIGHTS', 'BACKBONE_WIDTHS', 'METHOD_PRESETS', 'REFERENCE_FIXES',
+           'BENCHMARK_PRESETS', 'AUTHORS_MAIN_SCRIPT', 'PRESET_CASES', 'AUTHORS_MISTAKES', 'default_num_workers',
+           'package_data_dir', 'resolve_pretrained', 'M2DFConfig', 'ConfigError', 'coerce_value', 'field_types',
+           'coerce_fields', 'parse_overrides', 'config_with', 'make_config', 'authors_mistakes']
 
 # %% ../nbs/00_config.ipynb #d6630cb4
 VIEWS = ('local', 'global', 'raw')           # LTCE view, GTCE view, plain CLIP frames (baseline)
@@ -43,6 +43,27 @@ def default_num_workers(cpus:Optional[int]=None,            # CPUs this process 
         except AttributeError: cpus = os.cpu_count() or 1
     if local_processes is None: local_processes = int(os.environ.get('LOCAL_WORLD_SIZE') or 1)
     return max(0, min(cap, cpus // max(1, local_processes) - 1))
+
+# %% ../nbs/00_config.ipynb #a1c0f001
+from importlib import resources
+from pathlib import Path
+
+PACKAGE_WEIGHTS = 'm2df:'   # a `pretrained` value 'm2df:<file>' names a file shipped in the package's data folder
+
+def package_data_dir():
+    "The installed package's data folder (m2df/data)."
+    return Path(str(resources.files('m2df') / 'data'))
+
+def resolve_pretrained(value:Optional[str]) -> Optional[str]:
+    "`pretrained` as the loader reads it: 'm2df:<file>' is the path of <file> in the installed package's data folder; any other value unchanged."
+    if not (isinstance(value, str) and value.startswith(PACKAGE_WEIGHTS)): return value
+    name, folder = value[len(PACKAGE_WEIGHTS):], package_data_dir()
+    if not name or '/' in name or '\\' in name or name in ('.', '..') or not (folder / name).is_file():
+        have = sorted(p.name for p in folder.glob('*.safetensors')) if folder.is_dir() else []
+        raise FileNotFoundError(f'pretrained={value!r} (config field `pretrained`): no file {name!r} in the package\'s data folder '
+                                f'{folder}; shipped weights there: {have}')
+    return str(folder / name)
+
 
 # %% ../nbs/00_config.ipynb #12364d60
 BACKBONE_WIDTHS = {'RN50': 1024, 'RN101': 512, 'ViT-B-32': 512, 'ViT-B-16': 512, 'ViT-L-14': 768,
@@ -76,7 +97,7 @@ class M2DFConfig:
     check_workers: int = 0                # processes of the data check (m2df.datacheck); 0: every core
     # --- encoders
     backbone: str = 'RN50'                # any open_clip model name (RN50 and ViT-B-16 reproduce the paper)
-    pretrained: Optional[str] = 'openai'  # open_clip pretrained tag, a local checkpoint path, or None (random init)
+    pretrained: Optional[str] = 'openai'  # open_clip pretrained tag, a checkpoint path, 'm2df:<file>' (shipped in m2df/data) or None (random)
     freeze_backbone: bool = False         # False: fine-tune the visual encoder end to end (as the authors)
     prompt_template: str = 'a photo of {}'  # text prompt for class names
     class_names: str = 'clean'            # clean (derived from the class folders) | reference (the authors' yaml names, class i
@@ -331,8 +352,9 @@ BENCHMARK_PRESETS = {
     'ucf101': {}, 'hmdb51': {}, 'kinetics100': {},
     'ssv2_small': dict(flip=False), 'ssv2_full': dict(flip=False),
     # the compositional world of m2df.world, with its tiny CLIP pretrained on a separate pool (m2df.pretrain): the file
-    # shipped in the package (m2df/data/world_clip.safetensors); pretrained=None gives the same model with random weights
-    'world': dict(backbone='m2df-world-vit', pretrained=os.path.join(__import__('m2df').__path__[0], 'data', 'world_clip.safetensors'),
+    # shipped in the package (m2df/data/world_clip.safetensors, named 'm2df:world_clip.safetensors' so that a config
+    # does not depend on where the package is installed); pretrained=None gives the same model with random weights
+    'world': dict(backbone='m2df-world-vit', pretrained='m2df:world_clip.safetensors',
                   prompt_template='a video of a {}', flip=False, resize=64, crop=56, logit_scale=5., lr=1e-3, accumulation=1,
                   episodes=200, val_every=100, val_episodes=100, test_episodes=500, fusion_ffn=256, fusion_heads=4),
 }

@@ -13,7 +13,7 @@ import m2df.progress   # first: silences tqdm.auto's ipywidgets warning (open_cl
 import open_clip
 from open_clip import pretrained as oc_pretrained
 from open_clip.constants import HF_WEIGHTS_NAME, HF_SAFE_WEIGHTS_NAME
-from .config import M2DFConfig
+from .config import M2DFConfig, resolve_pretrained
 
 # %% auto #0
 __all__ = ['TINY_CONFIGS', 'register_tiny_configs', 'PretrainedWeightsMissing', 'find_cached_weights', 'is_torchscript_archive',
@@ -234,7 +234,7 @@ def network_unavailable(tag_cfg:dict, timeout:Optional[float]=None) -> Optional[
     except OSError as e: return f'{host}:{port} is unreachable ({type(e).__name__}: {e or "timed out"})'
 
 def load_clip_model(name:str,                          # open_clip model name ('RN50', 'ViT-B-16', 'm2df-tiny-vit', ...)
-                    pretrained:Optional[str]=None,     # None (random init), a pretrained tag ('openai'), or a checkpoint file
+                    pretrained:Optional[str]=None,     # None (random init), a pretrained tag ('openai'), a checkpoint file or 'm2df:<file>'
                     cache_dir:Optional[str]=None,      # open_clip's cache_dir (None: HF hub cache and ~/.cache/clip)
                     quick_gelu:Optional[bool]=None,    # force QuickGELU; None: from the tag (or the file's tag)
                     download:Optional[bool]=None,      # download a missing tag: None when the host answers; False never; True always
@@ -243,7 +243,7 @@ def load_clip_model(name:str,                          # open_clip model name ('
     register_tiny_configs()
     _check_model_name(name)
     if download is None and os.environ.get('M2DF_DOWNLOAD', '').lower() in ('1', 'true', 'yes'): download = True
-    pretrained = None if pretrained in (None, '') else str(pretrained)
+    pretrained = None if pretrained in (None, '') else resolve_pretrained(str(pretrained))   # 'm2df:<file>': its path
     tag_cfg, path = {}, None
     if pretrained is None or name.startswith('local-dir:'): pass
     elif os.path.isfile(pretrained):

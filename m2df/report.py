@@ -14,7 +14,7 @@ import numpy as np, pandas as pd, torch, torch.nn.functional as F
 import matplotlib
 import matplotlib.pyplot as plt
 
-from .config import BENCHMARK_PRESETS, M2DFConfig, make_config
+from .config import BENCHMARK_PRESETS, PACKAGE_WEIGHTS, M2DFConfig, make_config
 from .datacheck import usable_split
 from .episodes import EpisodeSampler
 from .evaluate import encode_videos, episodes_of, evaluate
@@ -166,6 +166,7 @@ def ablation_markdown(runs: pd.DataFrame, caption: str = '', reference: str = 'f
 def weights_name(p) -> str:
     "How a caption names weights: a tag as it is, a file of the package as m2df/<path>, any other file by its name (no machine's folders)."
     p = str(p)
+    if p.startswith(PACKAGE_WEIGHTS): return 'm2df/data/' + p[len(PACKAGE_WEIGHTS):]   # a file shipped in the package, by name
     if '/' not in p and '\\' not in p: return p
     path, pkg = Path(p).resolve(), Path(str(resources.files('m2df'))).resolve()
     return 'm2df/' + path.relative_to(pkg).as_posix() if pkg in path.parents else path.name

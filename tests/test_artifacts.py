@@ -303,3 +303,10 @@ def test_module_notebooks_stand_alone_and_show_their_figures():
     assert figures >= 10, f'only {figures} figures in the module notebooks: run them and commit their outputs'
     assert not heavy, f'figures over 400 kB: {heavy}'
     assert not leaks, f'references outside the repository: {leaks}'
+
+
+def test_artifacts_exports_every_public_name_of_its_three_modules():
+    "m2df.artifacts re-exports experiments, stats and report: its hand-kept list names every public name of theirs."
+    import m2df.artifacts as a, m2df.experiments as e, m2df.stats as s, m2df.report as r
+    missing = sorted((set(e.__all__) | set(s.__all__) | set(r.__all__)) - set(a.__all__))
+    assert not missing, f'add {missing} to _all_ in nbs/15_artifacts.ipynb'

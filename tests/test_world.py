@@ -23,7 +23,9 @@ def test_world_preset_loads_the_shipped_weights_through_pretrained_path():
     from m2df.config import make_config
     from m2df.encoders import CLIPBackbone
     cfg = make_config('world')
-    assert cfg.pretrained == WORLD_WEIGHTS and cfg.backbone == WORLD_CLIP and cfg.flip is False
+    from m2df.config import resolve_pretrained
+    assert cfg.pretrained == 'm2df:world_clip.safetensors' and resolve_pretrained(cfg.pretrained) == WORLD_WEIGHTS
+    assert cfg.backbone == WORLD_CLIP and cfg.flip is False
     from m2df.encoders import TINY_CONFIGS
     from m2df.world import register_world_clip
     import open_clip
