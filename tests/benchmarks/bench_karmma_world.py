@@ -163,6 +163,7 @@ def figure(recs, path):
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     n, path = len(recs), Path(path)
+    rule = recs[0]['student']['stop']
     pairs = (('student', 'dropout_only'), ('student', 'ce_only'))
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for r, c in zip(ROLES, ('0.4', 'C3', 'C0', 'C2')):
@@ -177,7 +178,8 @@ def figure(recs, path):
                         color='C0' if k == 0 else '0.5')
         ax.axhline(0, color='0.3', lw=.8); ax.axhspan(-HALF_WIDTH, HALF_WIDTH, color='0.9', zorder=0)
         ax.set(xlabel='drop probability p', ylabel='paired difference, points', title=f'{a_} − {b_}'); ax.legend(fontsize=7)
-    fig.suptitle(f'KARMMA in the miniature world: {n} seeds, mean ± 95% t-interval over the seeds (grey band: ±{HALF_WIDTH:g})', fontsize=9)
+    fig.suptitle(f'KARMMA in the miniature world: {n} seeds, mean ± 95% t-interval over the seeds (grey band: ±{HALF_WIDTH:g}); '
+                 f'training stops after {rule["patience"]} epochs without a better validation accuracy, at most {rule["max_epochs"]}', fontsize=9)
     fig.tight_layout(); path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path.with_suffix('.png'), dpi=120); plt.close(fig)
     head = '| difference | estimator | ' + ' | '.join(f'p = {p:g}' for p in DROPS) + ' |'
@@ -189,7 +191,8 @@ def figure(recs, path):
     widest = {f'{a_} − {b_}': max(t_interval([x[a_][f'e{p}'] - x[b_][f'e{p}'] for x in recs])[1] for p in DROPS) for a_, b_ in pairs}
     caption = (f'Paired test-accuracy differences (points) at each drop probability, mean ± 95% t-interval over {n} training seeds '
                f'({", ".join(str(x["student"]["seed"]) for x in recs)}), on the fixed test split ({recs[0]["student"]["test_clips"]} clips, '
-               f'{recs[0]["student"]["complete_clips"]} with all three modalities). Exact expectation: the accuracy at p averaged exactly '
+               f'{recs[0]["student"]["complete_clips"]} with all three modalities); every model trained until its validation accuracy had not '
+               f'improved for {rule["patience"]} epochs, at most {rule["max_epochs"]}. Exact expectation: the accuracy at p averaged exactly '
                f'over the drop draws, on the clips with all three modalities; one draw per clip: the drops drawn once, on all clips. '
                'Widest exact interval: ' + ', '.join(f'{k} ±{v:.1f}' for k, v in widest.items()) + '.')
     path.with_suffix('.md').write_text('### KARMMA in the miniature world, over seeds\n\n' + '\n'.join(lines) + f'\n\n*{caption}*\n')
