@@ -215,7 +215,7 @@ SCALE_PRESETS = {   # scale -> architecture ('teacher' or 'student') -> fields
     },
 }
 
-UNTIL_STABLE = dict(epochs=60, warmup_epochs=2, patience=10)   # at most 60 epochs; stop after 10 without a better validation accuracy
+UNTIL_STABLE = dict(epochs=120, warmup_epochs=2, patience=30)   # at most 120 epochs; stop after 30 without a better validation accuracy
 SCALE_PRESETS['tiny_converge'] = {arch: {**f, **UNTIL_STABLE} for arch, f in SCALE_PRESETS['tiny'].items()}
 
 ROLE_PRESETS = {

@@ -6,7 +6,7 @@ pretrained alone on the separate pretraining pool (each on the attributes its mo
 (CE + InfoNCE) trains its fusion block and MLP; then the student (modality dropout, CE + KD from the teacher), the
 `dropout_only` baseline (the student's network and modality dropout, no teacher: the ablation of distillation) and
 the `ce_only` baseline. Every model trains until its validation accuracy has not improved for `patience` epochs
-(scale `tiny_converge`: at most 60 epochs, patience 10), and its record says where and why it stopped.
+(scale `tiny_converge`: at most 120 epochs, patience 30), and its record says where and why it stopped.
 
 All four are scored on the test split under both protocols: every modality subset on the clips that hold all three
 modalities (`all`: the three; `missing`: the mean over the six subsets lacking one or two), and each modality dropped
@@ -205,8 +205,8 @@ def main(argv=None):
     ap.add_argument('--pretrain-epochs', type=int, default=15)
     ap.add_argument('--pool-clips', type=int, default=None, help='clips of the pretraining pool (default 1200)')
     ap.add_argument('--videos-per-class', type=int, default=None, help='clips per class of the benchmark (default 30)')
-    ap.add_argument('--max-epochs', type=int, default=None, help="most epochs per model (default: the scale's 60)")
-    ap.add_argument('--patience', type=int, default=None, help="epochs without a better validation accuracy that stop (default 10)")
+    ap.add_argument('--max-epochs', type=int, default=None, help="most epochs per model (default: the scale's 120)")
+    ap.add_argument('--patience', type=int, default=None, help="epochs without a better validation accuracy that stop (default 30)")
     ap.add_argument('--threads', type=int, default=1)
     ap.add_argument('--figure', default=None, help='also write <figure>.png and <figure>.md from the seeds given')
     a = ap.parse_args(argv)
