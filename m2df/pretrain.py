@@ -6,7 +6,6 @@
 from __future__ import annotations
 import argparse, csv, hashlib, json, math, os, sys, time
 from dataclasses import dataclass, asdict, fields
-from importlib import resources
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -17,6 +16,7 @@ import m2df.progress   # first: silences tqdm.auto's ipywidgets warning (open_cl
 import open_clip
 
 from .world import (WORLD_CLIP, CAPTION_TEMPLATE, pool_item, world_root, world_split_classes, class_name, parse_class)
+from .config import package_data_dir
 from .encoders import load_clip_model, register_tiny_configs
 from .video import CLIP_MEAN, CLIP_STD, ClipTransform, load_clip
 from .evaluate import mean_ci95, paired_difference
@@ -129,7 +129,7 @@ def pretrain(cfg:PretrainConfig=PretrainConfig(), pool:Optional[tuple]=None, pro
     return model.eval(), losses
 
 # %% ../nbs/19_pretrain.ipynb #d88781be
-def data_dir() -> Path: return Path(str(resources.files('m2df'))) / 'data'
+def data_dir() -> Path: return package_data_dir()   # m2df/data, where the weights ship
 
 WORLD_WEIGHTS = str(data_dir() / 'world_clip.safetensors')   # the shipped weights (pretrained=WORLD_WEIGHTS)
 WORLD_RECORD = data_dir() / 'world_clip.json'

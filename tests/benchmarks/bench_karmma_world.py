@@ -92,8 +92,8 @@ def one_seed(seed, ds, out, a, over):
     cfgs = {r: make_karmma_config('world', r, device='cpu', seed=seed, **over) for r in ROLES}
     d = out / f'seed{seed}'; d.mkdir(parents=True, exist_ok=True)
     files = {r: d / f'{r}.json' for r in ROLES}
-    if all(f.exists() for f in files.values()):
-        return {r: with_expected(json.loads(f.read_text()), cfgs[r].modalities) for r, f in files.items()}
+    read = lambda r: with_expected(json.loads(files[r].read_text()), cfgs[r].modalities)
+    if all(f.exists() for f in files.values()): return {r: read(r) for r in ROLES}
     weights = d / 'teacher_extractors.pt'
     if not weights.exists():
         w0, c0 = time.time(), time.process_time()
@@ -110,7 +110,7 @@ def one_seed(seed, ds, out, a, over):
     recs, teacher = {}, None
     for role in ROLES:
         if files[role].exists() and not (role == 'teacher' and not files['student'].exists()):
-            recs[role] = with_expected(json.loads(files[role].read_text()), cfgs[role].modalities); continue
+            recs[role] = read(role); continue
         w0, c0 = time.time(), time.process_time()
         kw = dict(teacher=teacher.model, teacher_cache=teacher.cache) if role == 'student' else {}
         tr = KarmmaTrainer(cfgs[role], d / role, ds['train'], ds['val'], **kw)
@@ -118,8 +118,7 @@ def one_seed(seed, ds, out, a, over):
         result = tr.fit()
         wall, cpu = time.time() - w0, time.process_time() - c0
         if role == 'teacher': teacher = tr
-        if files[role].exists():                                   # the teacher, rebuilt for the student
-            recs[role] = with_expected(json.loads(files[role].read_text()), cfgs[role].modalities); continue
+        if files[role].exists(): recs[role] = read(role); continue   # the teacher, rebuilt for the student
         res = evaluate_protocols({role: tr.model}, ds['test'], caches={role: tr.cache} if tr.cache is not None else None,
                                  seed=cfgs[role].eval_seed)
         recs[role] = dict(seed=seed, role=role, **figures(res, role, cfgs[role].modalities), stop=result['stop'],
@@ -158,6 +157,11 @@ def summary(recs):
     for r in ROLES: print(f'{r:14s} ' + '; '.join(f"seed {x[r]['seed']}: {x[r]['stop']['epoch']} ({x[r]['stop']['reason']})" for x in recs))
 
 
+def paired(recs, a_, b_, m):
+    "Mean and 95% t-interval over the seeds of `a_`'s metric `m` less `b_`'s."
+    return t_interval([x[a_][m] - x[b_][m] for x in recs])
+
+
 def figure(recs, path):
     "Write <path>.png and <path>.md: drop curves and paired differences over the seeds of `recs`, both estimators."
     import matplotlib; matplotlib.use('Agg')
@@ -173,7 +177,7 @@ def figure(recs, path):
     axes[0].legend(fontsize=7)
     for ax, (a_, b_) in zip(axes[1:], pairs):
         for k, (key, name, dx) in enumerate((('e', 'exact expectation over the draws', -0.012), ('p', 'one draw per clip', 0.012))):
-            mh = np.array([t_interval([x[a_][f'{key}{p}'] - x[b_][f'{key}{p}'] for x in recs]) for p in DROPS])
+            mh = np.array([paired(recs, a_, b_, f'{key}{p}') for p in DROPS])
             ax.errorbar(np.array(DROPS) + dx, mh[:, 0], yerr=mh[:, 1], fmt='o-' if k == 0 else 's:', ms=3, capsize=2, label=name,
                         color='C0' if k == 0 else '0.5')
         ax.axhline(0, color='0.3', lw=.8); ax.axhspan(-HALF_WIDTH, HALF_WIDTH, color='0.9', zorder=0)
@@ -187,8 +191,8 @@ def figure(recs, path):
     for a_, b_ in pairs:
         for key, name in (('e', 'exact expectation'), ('p', 'one draw per clip')):
             lines.append(f'| {a_} − {b_} | {name} | ' + ' | '.join(
-                '{:+.1f} ± {:.1f}'.format(*t_interval([x[a_][f'{key}{p}'] - x[b_][f'{key}{p}'] for x in recs])) for p in DROPS) + ' |')
-    widest = {f'{a_} − {b_}': max(t_interval([x[a_][f'e{p}'] - x[b_][f'e{p}'] for x in recs])[1] for p in DROPS) for a_, b_ in pairs}
+                '{:+.1f} ± {:.1f}'.format(*paired(recs, a_, b_, f'{key}{p}')) for p in DROPS) + ' |')
+    widest = {f'{a_} − {b_}': max(paired(recs, a_, b_, f'e{p}')[1] for p in DROPS) for a_, b_ in pairs}
     caption = (f'Paired test-accuracy differences (points) at each drop probability, mean ± 95% t-interval over {n} training seeds '
                f'({", ".join(str(x["student"]["seed"]) for x in recs)}), on the fixed test split ({recs[0]["student"]["test_clips"]} clips, '
                f'{recs[0]["student"]["complete_clips"]} with all three modalities); every model trained until its validation accuracy had not '
