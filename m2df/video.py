@@ -313,9 +313,11 @@ class ClipTransform:
 
     @classmethod
     def from_config(cls, cfg:M2DFConfig, train:bool) -> 'ClipTransform':
-        "The transform of `cfg` (a `flip` of None means flipping is on: the SSv2 presets set it to False)."
-        return cls(train, resize=cfg.resize, crop=cfg.crop, flip=True if cfg.flip is None else cfg.flip,
-                   normalize=cfg.normalize)
+        "The transform of `cfg` (a `flip` of None: the benchmark's own rule, never for SSv2, whose labels say left and right)."
+        import m2df.world                     # here, not at the top (both sit above this module): registers the world
+        from m2df.splits import get_benchmark
+        flip = get_benchmark(cfg.dataset).flip if cfg.flip is None else cfg.flip
+        return cls(train, resize=cfg.resize, crop=cfg.crop, flip=flip, normalize=cfg.normalize)
 
     def __call__(self, frames:Union[np.ndarray, torch.Tensor], # uint8 (T, H, W, 3)
                  rng:Optional[np.random.Generator]=None,         # crop position and flip in training

@@ -9,6 +9,7 @@ Run by hand from the repository root (pytest never collects this file, and CI do
     python tests/mutate.py lam_ignored ce_mean        # chosen breaks
     python tests/mutate.py --tag issue15              # the breaks with a tag (issue15: the five of issue 15)
     python tests/mutate.py --tag issue23 --focused    # the breaks of issue 23 (statistics, data, augmentation, KARMMA)
+    python tests/mutate.py --tag issue19 --focused    # the authors' protocol outside the head (BatchNorm, names, frames, presets)
     python tests/mutate.py --focused -j 2 --timeout 900   # each break against its own test files, two at a time
     python tests/mutate.py --tests tests/test_protocol.py tests/test_distill.py
 
@@ -77,6 +78,7 @@ EPI = (BH.format('episodes'), 'tests/test_video.py', P)
 RUNS = (BH.format('runs'), 'tests/test_runs.py')
 LRN = (BH.format('learner'), 'tests/test_learner.py')
 KAR = (BH.format('karmma'), 'tests/test_karmma.py')
+REF = ('tests/test_reference_protocol.py', 'tests/test_authors_protocol.py', 'tests/test_config.py')   # issue 19
 B = Break
 BREAKS = [
     # ---- the five breaks of issue 15
@@ -176,9 +178,9 @@ BREAKS = [
       'logit_scale ignored (the synthetic preset sets 5)', ('switch',), MODEL),
     B('views_averaged', 'matching.py', 'torch.stack(list(distances.values())).sum(0)', 'torch.stack(list(distances.values())).mean(0)',
       'view distances averaged instead of summed', ('module',), ('tests/test_matching.py', P)),
-    B('normalize_ignored', 'episodes.py', 'normalize=cfg.normalize)', 'normalize=True)',
+    B('normalize_ignored', 'video.py', 'flip=flip, normalize=cfg.normalize)', 'flip=flip, normalize=True)',
       'normalize=False (the reference preset) still normalises pixels', ('switch',), (P, 'tests/test_video.py', 'tests/test_evaluate.py')),
-    B('flip_default_always', 'episodes.py', 'flip = BENCHMARKS[cfg.dataset].flip if cfg.flip is None', 'flip = True if cfg.flip is None',
+    B('flip_default_always', 'video.py', 'flip = get_benchmark(cfg.dataset).flip if cfg.flip is None', 'flip = True if cfg.flip is None',
       'SSv2 training clips are flipped (left/right classes swap)', ('switch',), (P, 'tests/test_video.py')),
     B('freeze_backbone_ignored', 'model.py', 'freeze_visual=cfg.freeze_backbone', 'freeze_visual=False',
       'freeze_backbone=True still fine-tunes the backbone', ('switch',), (P, 'tests/test_evaluate.py', 'tests/test_encoders.py')),
@@ -189,7 +191,7 @@ BREAKS = [
       'fusion_heads ignored by the model (the synthetic preset sets 4)', ('switch',), (P, 'tests/test_fusion.py')),
     B('fusion_ffn_ignored', 'model.py', 'cfg.fusion_heads, cfg.fusion_ffn,', 'cfg.fusion_heads, 2048,',
       'fusion_ffn ignored by the model (the synthetic preset sets 256)', ('switch',), (P, 'tests/test_fusion.py')),
-    B('crop_ignored', 'episodes.py', 'resize=cfg.resize, crop=cfg.crop,', 'resize=cfg.resize, crop=cfg.resize,',
+    B('crop_ignored', 'video.py', 'resize=cfg.resize, crop=cfg.crop,', 'resize=cfg.resize, crop=cfg.resize,',
       'crop ignored: clips are not cropped to the configured side', ('switch',), (P, 'tests/test_video.py')),
 
     # ---- the presets themselves
@@ -437,6 +439,34 @@ BREAKS = [
       "the PPS table's rows of two benchmarks carry the same name", ('issue22', 'statistics'), ART),
     B('pps_table_accuracy_is_share', 'report.py', "acc: fmt_acc(r.accuracy, r.accuracy_ci95)", "acc: fmt_acc(r.pps_true_top, r.ci95)",
       "the PPS table's accuracy column repeats π's hit rate", ('issue22', 'statistics'), ART),
+
+    # ---- issue 19: the authors' protocol outside the head (presets `reference` and `reference_fixed`)
+    B('bn_reference_never_switches', 'learner.py', 'return episode >= cfg.test_at[0]', 'return False',
+      "bn_mode='reference' keeps running statistics after the first test scoring", ('issue19', 'switch'), REF),
+    B('bn_frozen_uses_batch_stats', 'learner.py', "if cfg.bn_mode == 'frozen': return False", "if cfg.bn_mode == 'frozen': return True",
+      "bn_mode='frozen' trains BatchNorm on batch statistics", ('issue19', 'switch'), REF),
+    B('reference_preset_bn_train', 'config.py', "bn_mode='reference', class_names='reference'", "bn_mode='train', class_names='reference'",
+      "the reference preset trains BatchNorm from step 0 (the authors' model is in eval mode until the first test)", ('issue19', 'preset'), REF),
+    B('reference_fixed_keeps_permutation', 'config.py', "REFERENCE_FIXES = dict(bn_mode='frozen', class_names='authors',",
+      "REFERENCE_FIXES = dict(bn_mode='frozen', class_names='reference',",
+      "reference_fixed prompts classes with another class's name, as the authors' loader does", ('issue19', 'preset'), REF),
+    B('authors_names_unpermuted', 'splits.py', 'given = [names[pos[glob[k]]] for k in classes]', 'given = [names[i] for i, k in enumerate(classes)]',
+      "class_names='reference' gives each class the yaml name at its own index, not at its position in list(set(ids))", ('issue19', 'splits'), REF),
+    B('reference_jitter_3', 'video.py', 'REFERENCE_JITTER = 5 ', 'REFERENCE_JITTER = 3 ',
+      "the authors' training span moves each end by at most 3 frames instead of 5", ('issue19', 'sampler'), REF),
+    B('reference_eval_span_whole_clip', 'video.py', 'else: start, end = 1, n_frames - 2', 'else: start, end = 0, n_frames - 1',
+      "the authors' evaluation frames are spread over the whole clip instead of frames 1 .. L-2", ('issue19', 'sampler'), REF),
+    B('k100_one_shot_two_way', 'config.py', "('reference', 'kinetics100', 1): dict(otam_bidirectional=False)",
+      "('reference', 'kinetics100', 1): dict(otam_bidirectional=True)",
+      "the reference preset matches Kinetics-100 1-shot both ways (the authors' yaml sets SINGLE_DIRECT)", ('issue19', 'preset'), REF),
+    B('authors_lr_1e5', 'config.py', 'AUTHORS_MAIN_SCRIPT = dict(lr=1e-6,', 'AUTHORS_MAIN_SCRIPT = dict(lr=1e-5,',
+      "the reference presets train the real benchmarks at lr 1e-5 instead of the authors' 1e-6", ('issue19', 'preset'), REF),
+    B('reference_amp_on', 'config.py', "frame_sampling='reference', flip=True, amp=False)", "frame_sampling='reference', flip=True, amp=True)",
+      "the reference preset trains in mixed precision (the authors' run in float32)", ('issue19', 'preset'), REF),
+    B('test_at_not_rescaled', 'config.py', "d['test_at'] = tuple(sorted({max(1, round(e * n / last)) for e in d['test_at']}))", "pass",
+      "a reference run of another length keeps the 20,000-episode scoring points", ('issue19', 'preset'), REF),
+    B('test_at_reports_first', 'learner.py', 'h = picked[-1]', 'h = picked[0]',
+      "a test_at run reports its first (or first best) scoring instead of its last (or best)", ('issue19', 'evaluation'), REF),
 ]
 BY_NAME = {b.name: b for b in BREAKS}
 assert len(BY_NAME) == len(BREAKS), 'two breaks share a name'
