@@ -176,6 +176,38 @@ def test_bench_statistics_by_hand():
     assert b.seeds_needed(3.) == 7                  # t(0.975, 5)=2.571 > √6=2.449; t(0.975, 6)=2.447 <= √7=2.646
     assert b.seeds_needed(0.) == 2 and b.seeds_needed(None) is None and b.seeds_needed(float('nan')) is None
     assert b.seeds_needed(6.) == 18                 # t(16)·6/√17 = 3.085 > 3; t(17)·6/√18 = 2.984 <= 3
+    # Stein's two-stage rule: pilot 0, 2, 4 (sd 2): (t(0.975, 2)·2/3)² = (4.3027·2/3)² = 8.228 -> 9 seeds in all
+    assert b.stein_seeds([0., 2., 4.]) == 9 and b.stein_seeds([0., 2., 4.], half=10.) == 3 and b.stein_seeds([5., 5.]) == 2
+    m, h = b.stein_interval([0., 2., 4.] + [1.] * 6, 3)          # mean 12/9; half-width from the pilot only: 4.3027·2/√9
+    assert math.isclose(m, 4 / 3) and math.isclose(h, 4.302652729749462 * 2 / 3)
+    m, h = b.stein_interval([0., 2., 4.] + [100.] * 6, 3)        # the seeds after the pilot move the mean, never the width
+    assert math.isclose(m, 606 / 9) and math.isclose(h, 4.302652729749462 * 2 / 3)
+    with pytest.raises(ValueError, match='2 to 3'): b.stein_interval([0., 2., 4.], 4)
+    with pytest.raises(ValueError, match='2 or more'): b.stein_seeds([1.])
+
+
+def test_bench_figure_with_a_pilot_by_hand(tmp_path):
+    b = load_bench()
+    diffs = [0., 2., 4.] + [1.] * 6                    # student − dropout_only at every metric; student − ce_only: 10 throughout
+    def rec(role, seed, v):
+        r = {f'{k}{p}': v for k in 'ep' for p in b.DROPS}
+        return dict(r, seed=seed, role=role, stop=dict(patience=30, max_epochs=120), test_clips=144, complete_clips=130)
+    recs = [{'teacher': rec('teacher', s, 50.), 'student': rec('student', s, 50. + d), 'dropout_only': rec('dropout_only', s, 50.),
+             'ce_only': rec('ce_only', s, 40. + d)} for s, d in enumerate(diffs)]
+    b.figure(recs, tmp_path / 'k', pilot=3)
+    md = (tmp_path / 'k.md').read_text()
+    ordinary, two = md.split("Stein's two-stage intervals")
+    sd = np.std(diffs, ddof=1)                         # ordinary: t(0.975, 8)·sd/3 over the nine
+    assert f'| student − dropout_only | exact expectation | +1.3 ± {2.306004135 * sd / 3:.1f} |' in ordinary
+    assert '| student − dropout_only | exact expectation | +1.3 ± 2.9 |' in two        # 4.3027·2/3 = 2.868
+    assert '| student − ce_only | one draw per clip | +10.0 ± 0.0 |' in two             # a pilot without spread
+    assert 'at most 9 seeds in all; 9 were trained' in two and 't(0.975, 2)' in two
+    b.figure(recs, tmp_path / 'plain')
+    assert "two-stage" not in (tmp_path / 'plain.md').read_text()
+
+def test_bench_refuses_a_pilot_larger_than_the_seeds(capsys):
+    with pytest.raises(SystemExit): load_bench().main(['--seeds', '0', '1', '--pilot', '3'])
+    assert '--pilot must be 2 to the 2 seeds given, got 3' in capsys.readouterr().err
 
 
 def test_bench_trains_four_models_records_and_resumes(tmp_path, monkeypatch, capsys):

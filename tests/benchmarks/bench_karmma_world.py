@@ -19,7 +19,12 @@ seed, <out>/seed<s>/teacher_extractors.pt with its .json record). The summary co
 mean ± 95% t-interval over seeds, the paired differences student - dropout_only and student - ce_only with their
 t-intervals, and, from the observed spread, the number of seeds a ±3-point interval would need.
 
-    python tests/benchmarks/bench_karmma_world.py --seeds 0 1 2 3 4 [--out runs/karmma-world-study] [--figure figures/karmma_seeds_world]
+    python tests/benchmarks/bench_karmma_world.py --seeds 0 1 2 3 4 [--out runs/karmma-world-study] [--figure figures/karmma_seeds_world] [--pilot 10]
+
+`--pilot K` treats the first K seeds given as the pilot of Stein's two-stage rule: from their spread it prints, for each
+difference, estimator and p, how many seeds a ±3-point interval needs in all (max(K, ⌈(t(0.975, K-1)·s_K/3)²⌉)), and the
+two-stage interval over all the seeds given (mean ± t(0.975, K-1)·s_K/√n: exact 95% coverage under normality, at most ±3
+once n reaches the rule's count); with `--figure` the .md gets a second table of those intervals.
 
 `--figure F` also writes F.png (the drop curves of the four models and the two paired differences, mean ± 95%
 t-interval over the seeds, by both estimators) and F.md (the differences' table), from the seeds given.
@@ -40,6 +45,7 @@ from m2df.karmma.world import (POOL_TARGETS, karmma_pool_root, karmma_world_root
 from m2df.runs import atomic_write_text
 
 ROLES = ('teacher', 'student', 'dropout_only', 'ce_only')
+PAIRS = (('student', 'dropout_only'), ('student', 'ce_only'))
 DROPS = tuple(round(0.1 * i, 1) for i in range(10))
 METRICS = ('all', 'missing') + tuple(f'p{p}' for p in DROPS) + tuple(f'e{p}' for p in DROPS)
 GROUPS = {'the subset protocol (clips holding all three modalities)': METRICS[:2],
@@ -61,6 +67,21 @@ def seeds_needed(sd, half=HALF_WIDTH, most=10_000):
     for n in range(2, most + 1):
         if stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n) <= half: return n
     return most
+
+
+def stein_seeds(pilot, half=HALF_WIDTH):
+    "Seeds in all that Stein's two-stage rule asks for after the `pilot` values: max(n0, ⌈(t(0.975, n0-1)·s0/half)²⌉)."
+    pilot = np.asarray(pilot, float); n0 = len(pilot)
+    if n0 < 2: raise ValueError(f'a pilot needs 2 or more values, got {n0}')
+    return max(n0, math.ceil((stats.t.ppf(0.975, n0 - 1) * pilot.std(ddof=1) / half) ** 2))
+
+
+def stein_interval(x, n0):
+    """Stein's two-stage 95% interval: the mean of all of `x` ± t(0.975, n0-1)·s0/√n, s0 from its first `n0` values (the pilot).
+    Exact coverage under normality for any n fixed from the pilot alone; at n >= stein_seeds(x[:n0], half), at most ±half."""
+    x = np.asarray(x, float)
+    if not 2 <= n0 <= len(x): raise ValueError(f'the pilot must hold 2 to {len(x)} values, got {n0}')
+    return float(x.mean()), float(stats.t.ppf(0.975, n0 - 1) * x[:n0].std(ddof=1) / math.sqrt(len(x)))
 
 
 def data(cfg, videos_per_class, pool_clips):
@@ -134,25 +155,34 @@ def one_seed(seed, ds, out, a, over):
 def cell(x): m, h = t_interval(x); return f'{m:.1f} ± {h:.1f}' if np.isfinite(h) else f'{m:.1f}'
 
 
-def summary(recs):
-    "Print the tables over the seeds of `recs` [{role: record}]."
+def summary(recs, pilot=None):
+    "Print the tables over the seeds of `recs` [{role: record}] (and, with a `pilot` of the first seeds, Stein's plan and intervals)."
     n = len(recs)
     print(f'\n{n} seed(s). Test accuracy % (mean ± 95% t-interval over seeds); chance 4.2%. '
           f"Bounds: RGB alone {modality_bound(('rgb',)):.1f}, flow {modality_bound(('flow',)):.1f}, audio {modality_bound(('audio',)):.1f}")
     for title, cols in GROUPS.items():
         print(f"\n{title}\n{'model':28s}" + ''.join(f'{m:>14s}' for m in cols))
         for r in ROLES: print(f'{r:28s}' + ''.join(f'{cell([x[r][m] for x in recs]):>14s}' for m in cols))
-        for a_, b_ in (('student', 'dropout_only'), ('student', 'ce_only')):
+        for a_, b_ in PAIRS:
             print(f'{a_ + " - " + b_:28s}' + ''.join(f'{cell([x[a_][m] - x[b_][m] for x in recs]):>14s}' for m in cols))
     print(f'\nseeds needed for a ±{HALF_WIDTH:.0f}-point 95% interval at the observed spread'
           + (' (needs 2 or more seeds)' if n < 2 else ''))
     rows = {r: lambda x, m, r=r: x[r][m] for r in ROLES}
-    rows.update({f'{a_} - {b_}': (lambda x, m, a_=a_, b_=b_: x[a_][m] - x[b_][m]) for a_, b_ in (('student', 'dropout_only'), ('student', 'ce_only'))})
+    rows.update({f'{a_} - {b_}': (lambda x, m, a_=a_, b_=b_: x[a_][m] - x[b_][m]) for a_, b_ in PAIRS})
     for cols in GROUPS.values():
         print(f"{'':28s}" + ''.join(f'{m:>8s}' for m in cols))
         for name, f in rows.items():
             sd = lambda m: float(np.std([f(x, m) for x in recs], ddof=1)) if n > 1 else None
             print(f'{name:28s}' + ''.join(f'{str(seeds_needed(sd(m)) or "-"):>8s}' for m in cols))
+    if pilot:
+        print(f"\nStein's two-stage rule, pilot = the first {pilot} seeds: seeds the ±{HALF_WIDTH:g}-point interval needs in all "
+              f"(planned), then the two-stage interval over the {n} seeds given (valid where {n} >= planned)")
+        for a_, b_ in PAIRS:
+            for cols in GROUPS.values():
+                d = {m: [x[a_][m] - x[b_][m] for x in recs] for m in cols}
+                print(f"{a_ + ' - ' + b_:28s}" + ''.join(f'{m:>8s}' for m in cols))
+                print(f"{'  planned':28s}" + ''.join(f'{stein_seeds(d[m][:pilot]):>8d}' for m in cols))
+                print(f"{'  two-stage':28s}" + ''.join('{:>14s}'.format('{:+.1f} ± {:.1f}'.format(*stein_interval(d[m], pilot))) for m in cols))
     print('\nwhere training stopped (epoch, reason) per seed:')
     for r in ROLES: print(f'{r:14s} ' + '; '.join(f"seed {x[r]['seed']}: {x[r]['stop']['epoch']} ({x[r]['stop']['reason']})" for x in recs))
 
@@ -162,13 +192,13 @@ def paired(recs, a_, b_, m):
     return t_interval([x[a_][m] - x[b_][m] for x in recs])
 
 
-def figure(recs, path):
-    "Write <path>.png and <path>.md: drop curves and paired differences over the seeds of `recs`, both estimators."
+def figure(recs, path, pilot=None):
+    "Write <path>.png and <path>.md: drop curves and paired differences over the seeds of `recs`, both estimators (and Stein's intervals with a `pilot`)."
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     n, path = len(recs), Path(path)
     rule = recs[0]['student']['stop']
-    pairs = (('student', 'dropout_only'), ('student', 'ce_only'))
+    pairs = PAIRS
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for r, c in zip(ROLES, ('0.4', 'C3', 'C0', 'C2')):
         mh = np.array([t_interval([x[r][f'e{p}'] for x in recs]) for p in DROPS])
@@ -199,7 +229,22 @@ def figure(recs, path):
                f'improved for {rule["patience"]} epochs, at most {rule["max_epochs"]}. Exact expectation: the accuracy at p averaged exactly '
                f'over the drop draws, on the clips with all three modalities; one draw per clip: the drops drawn once, on all clips. '
                'Widest exact interval: ' + ', '.join(f'{k} ±{v:.1f}' for k, v in widest.items()) + '.')
-    path.with_suffix('.md').write_text('### KARMMA in the miniature world, over seeds\n\n' + '\n'.join(lines) + f'\n\n*{caption}*\n')
+    text = '### KARMMA in the miniature world, over seeds\n\n' + '\n'.join(lines) + f'\n\n*{caption}*\n'
+    if pilot:
+        diff = lambda a_, b_, m: [x[a_][m] - x[b_][m] for x in recs]
+        two = [head, lines[1]]
+        for a_, b_ in pairs:
+            for key, name in (('e', 'exact expectation'), ('p', 'one draw per clip')):
+                two.append(f'| {a_} − {b_} | {name} | ' + ' | '.join(
+                    '{:+.1f} ± {:.1f}'.format(*stein_interval(diff(a_, b_, f'{key}{p}'), pilot)) for p in DROPS) + ' |')
+        need = max(stein_seeds(diff(a_, b_, f'{k}{p}')[:pilot]) for a_, b_ in pairs for k in 'ep' for p in DROPS)
+        text += ("\n### The same differences, Stein's two-stage intervals\n\n" + '\n'.join(two) + '\n\n'
+                 f'*The number of seeds was fixed from the first {pilot} (the pilot) before the others were trained: Stein\'s rule '
+                 f'n = max(n0, ⌈(t(0.975, n0−1)·s0/{HALF_WIDTH:g})²⌉) for each difference, estimator and p asks for at most {need} '
+                 f'seeds in all; {n} were trained. Each interval is the mean over the {n} seeds ± t(0.975, {pilot - 1})·s0/√{n}, '
+                 f's0 the standard deviation of the pilot\'s {pilot} differences: under normality its coverage is exactly 95% whatever '
+                 f'the seeds after the pilot give, and with n >= the rule\'s count it is at most ±{HALF_WIDTH:g}.*\n')
+    path.with_suffix('.md').write_text(text)
 
 
 def main(argv=None):
@@ -213,15 +258,19 @@ def main(argv=None):
     ap.add_argument('--patience', type=int, default=None, help="epochs without a better validation accuracy that stop (default 30)")
     ap.add_argument('--threads', type=int, default=1)
     ap.add_argument('--figure', default=None, help='also write <figure>.png and <figure>.md from the seeds given')
+    ap.add_argument('--pilot', type=int, default=None,
+                    help="the first PILOT seeds given are the pilot of Stein's two-stage rule: plan and two-stage intervals")
     a = ap.parse_args(argv)
+    if a.pilot is not None and not 2 <= a.pilot <= len(a.seeds):
+        ap.error(f'--pilot must be 2 to the {len(a.seeds)} seeds given, got {a.pilot}')
     torch.set_num_threads(a.threads)
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     over = dict(epochs=a.max_epochs, patience=a.patience)
     w0, c0 = time.time(), time.process_time()
     ds = data(make_karmma_config('world', 'student', **over), a.videos_per_class, a.pool_clips)
     recs = [one_seed(s, ds, out, a, over) for s in a.seeds]
-    summary(recs)
-    if a.figure: figure(recs, a.figure)
+    summary(recs, a.pilot)
+    if a.figure: figure(recs, a.figure, a.pilot)
     print(f'\ntotal {time.time() - w0:.0f}s wall, {time.process_time() - c0:.0f}s CPU')
     return recs
 
