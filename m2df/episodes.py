@@ -52,7 +52,8 @@ def benchmark_split(cfg: M2DFConfig, name: str) -> Split:
 
 def clip_transform(cfg: M2DFConfig, train: bool) -> ClipTransform:
     "The spatial transform for `cfg` (flip follows the benchmark unless `cfg.flip` says otherwise)."
-    return ClipTransform.from_config(cfg, train)
+    flip = BENCHMARKS[cfg.dataset].flip if cfg.flip is None else cfg.flip
+    return ClipTransform(train=train, resize=cfg.resize, crop=cfg.crop, flip=flip, normalize=cfg.normalize)
 
 # %% ../nbs/04_episodes.ipynb #7942c2f5
 def ssv2_labels_file(cfg: M2DFConfig) -> Path:

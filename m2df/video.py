@@ -311,14 +311,6 @@ class ClipTransform:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 
-    @classmethod
-    def from_config(cls, cfg:M2DFConfig, train:bool) -> 'ClipTransform':
-        "The transform of `cfg` (a `flip` of None: the benchmark's own rule, never for SSv2, whose labels say left and right)."
-        import m2df.world                     # here, not at the top (both sit above this module): registers the world
-        from m2df.splits import get_benchmark
-        flip = get_benchmark(cfg.dataset).flip if cfg.flip is None else cfg.flip
-        return cls(train, resize=cfg.resize, crop=cfg.crop, flip=flip, normalize=cfg.normalize)
-
     def __call__(self, frames:Union[np.ndarray, torch.Tensor], # uint8 (T, H, W, 3)
                  rng:Optional[np.random.Generator]=None,         # crop position and flip in training
                 ) -> torch.Tensor:

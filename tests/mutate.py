@@ -178,9 +178,9 @@ BREAKS = [
       'logit_scale ignored (the synthetic preset sets 5)', ('switch',), MODEL),
     B('views_averaged', 'matching.py', 'torch.stack(list(distances.values())).sum(0)', 'torch.stack(list(distances.values())).mean(0)',
       'view distances averaged instead of summed', ('module',), ('tests/test_matching.py', P)),
-    B('normalize_ignored', 'video.py', 'flip=flip, normalize=cfg.normalize)', 'flip=flip, normalize=True)',
+    B('normalize_ignored', 'episodes.py', 'normalize=cfg.normalize)', 'normalize=True)',
       'normalize=False (the reference preset) still normalises pixels', ('switch',), (P, 'tests/test_video.py', 'tests/test_evaluate.py')),
-    B('flip_default_always', 'video.py', 'flip = get_benchmark(cfg.dataset).flip if cfg.flip is None', 'flip = True if cfg.flip is None',
+    B('flip_default_always', 'episodes.py', 'flip = BENCHMARKS[cfg.dataset].flip if cfg.flip is None', 'flip = True if cfg.flip is None',
       'SSv2 training clips are flipped (left/right classes swap)', ('switch',), (P, 'tests/test_video.py')),
     B('freeze_backbone_ignored', 'model.py', 'freeze_visual=cfg.freeze_backbone', 'freeze_visual=False',
       'freeze_backbone=True still fine-tunes the backbone', ('switch',), (P, 'tests/test_evaluate.py', 'tests/test_encoders.py')),
@@ -191,7 +191,7 @@ BREAKS = [
       'fusion_heads ignored by the model (the synthetic preset sets 4)', ('switch',), (P, 'tests/test_fusion.py')),
     B('fusion_ffn_ignored', 'model.py', 'cfg.fusion_heads, cfg.fusion_ffn,', 'cfg.fusion_heads, 2048,',
       'fusion_ffn ignored by the model (the synthetic preset sets 256)', ('switch',), (P, 'tests/test_fusion.py')),
-    B('crop_ignored', 'video.py', 'resize=cfg.resize, crop=cfg.crop,', 'resize=cfg.resize, crop=cfg.resize,',
+    B('crop_ignored', 'episodes.py', 'resize=cfg.resize, crop=cfg.crop,', 'resize=cfg.resize, crop=cfg.resize,',
       'crop ignored: clips are not cropped to the configured side', ('switch',), (P, 'tests/test_video.py')),
 
     # ---- the presets themselves
