@@ -202,6 +202,13 @@ def test_bench_figure_with_a_pilot_by_hand(tmp_path):
     assert '| student − dropout_only | exact expectation | +1.3 ± 2.9 |' in two        # 4.3027·2/3 = 2.868
     assert '| student − ce_only | one draw per clip | +10.0 ± 0.0 |' in two             # a pilot without spread
     assert 'at most 9 seeds in all; 9 were trained' in two and 't(0.975, 2)' in two
+    assert 'wider than the two-stage one in 0 of the 40 cells.' in two
+    spread = [dict(r, student={**r['student'], **{f'{k}{p}': r['student'][f'{k}{p}'] + (30. if i == 8 else 0.) for k in 'ep'
+                                                  for p in b.DROPS}}) for i, r in enumerate(recs)]   # the last seed 30 points off
+    b.figure(spread, tmp_path / 'tail', pilot=3)
+    sd = max(np.std(np.array(diffs) + np.eye(9)[8] * 30, ddof=1), np.std([10.] * 8 + [40.], ddof=1))
+    tail = (tmp_path / 'tail.md').read_text().split("Stein's two-stage intervals")[1]
+    assert f'in 40 of the 40 cells (up to ±{2.306004135 * sd / 3:.1f})' in tail   # the student moved: both differences, everywhere
     b.figure(recs, tmp_path / 'plain')
     assert "two-stage" not in (tmp_path / 'plain.md').read_text()
 
