@@ -164,11 +164,11 @@ def summary(recs, pilot=None):
         print(f"\n{title}\n{'model':28s}" + ''.join(f'{m:>14s}' for m in cols))
         for r in ROLES: print(f'{r:28s}' + ''.join(f'{cell([x[r][m] for x in recs]):>14s}' for m in cols))
         for a_, b_ in PAIRS:
-            print(f'{a_ + " - " + b_:28s}' + ''.join(f'{cell([x[a_][m] - x[b_][m] for x in recs]):>14s}' for m in cols))
+            print(f'{a_ + " - " + b_:28s}' + ''.join(f'{cell(diffs(recs, a_, b_, m)):>14s}' for m in cols))
     print(f'\nseeds needed for a ±{HALF_WIDTH:.0f}-point 95% interval at the observed spread'
           + (' (needs 2 or more seeds)' if n < 2 else ''))
     rows = {r: lambda x, m, r=r: x[r][m] for r in ROLES}
-    rows.update({f'{a_} - {b_}': (lambda x, m, a_=a_, b_=b_: x[a_][m] - x[b_][m]) for a_, b_ in PAIRS})
+    rows.update({f'{a_} - {b_}': (lambda x, m, a_=a_, b_=b_: diffs([x], a_, b_, m)[0]) for a_, b_ in PAIRS})
     for cols in GROUPS.values():
         print(f"{'':28s}" + ''.join(f'{m:>8s}' for m in cols))
         for name, f in rows.items():
@@ -179,7 +179,7 @@ def summary(recs, pilot=None):
               f"(planned), then the two-stage interval over the {n} seeds given (valid where {n} >= planned)")
         for a_, b_ in PAIRS:
             for cols in GROUPS.values():
-                d = {m: [x[a_][m] - x[b_][m] for x in recs] for m in cols}
+                d = {m: diffs(recs, a_, b_, m) for m in cols}
                 print(f"{a_ + ' - ' + b_:28s}" + ''.join(f'{m:>8s}' for m in cols))
                 print(f"{'  planned':28s}" + ''.join(f'{stein_seeds(d[m][:pilot]):>8d}' for m in cols))
                 print(f"{'  two-stage':28s}" + ''.join('{:>14s}'.format('{:+.1f} ± {:.1f}'.format(*stein_interval(d[m], pilot))) for m in cols))
@@ -187,9 +187,14 @@ def summary(recs, pilot=None):
     for r in ROLES: print(f'{r:14s} ' + '; '.join(f"seed {x[r]['seed']}: {x[r]['stop']['epoch']} ({x[r]['stop']['reason']})" for x in recs))
 
 
+def diffs(recs, a_, b_, m):
+    "Per seed, `a_`'s metric `m` less `b_`'s."
+    return [x[a_][m] - x[b_][m] for x in recs]
+
+
 def paired(recs, a_, b_, m):
     "Mean and 95% t-interval over the seeds of `a_`'s metric `m` less `b_`'s."
-    return t_interval([x[a_][m] - x[b_][m] for x in recs])
+    return t_interval(diffs(recs, a_, b_, m))
 
 
 def figure(recs, path, pilot=None):
@@ -198,14 +203,13 @@ def figure(recs, path, pilot=None):
     import matplotlib.pyplot as plt
     n, path = len(recs), Path(path)
     rule = recs[0]['student']['stop']
-    pairs = PAIRS
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for r, c in zip(ROLES, ('0.4', 'C3', 'C0', 'C2')):
         mh = np.array([t_interval([x[r][f'e{p}'] for x in recs]) for p in DROPS])
         axes[0].plot(DROPS, mh[:, 0], color=c, label=r); axes[0].fill_between(DROPS, *(mh[:, 0] + s_ * mh[:, 1] for s_ in (-1, 1)), color=c, alpha=.15)
     axes[0].set(xlabel='drop probability p', ylabel='test accuracy % (exact expectation)', title='the four models')
     axes[0].legend(fontsize=7)
-    for ax, (a_, b_) in zip(axes[1:], pairs):
+    for ax, (a_, b_) in zip(axes[1:], PAIRS):
         for k, (key, name, dx) in enumerate((('e', 'exact expectation over the draws', -0.012), ('p', 'one draw per clip', 0.012))):
             mh = np.array([paired(recs, a_, b_, f'{key}{p}') for p in DROPS])
             ax.errorbar(np.array(DROPS) + dx, mh[:, 0], yerr=mh[:, 1], fmt='o-' if k == 0 else 's:', ms=3, capsize=2, label=name,
@@ -218,11 +222,11 @@ def figure(recs, path, pilot=None):
     fig.savefig(path.with_suffix('.png'), dpi=120); plt.close(fig)
     head = '| difference | estimator | ' + ' | '.join(f'p = {p:g}' for p in DROPS) + ' |'
     lines = [head, '|' + '---|' * (len(DROPS) + 2)]
-    for a_, b_ in pairs:
+    for a_, b_ in PAIRS:
         for key, name in (('e', 'exact expectation'), ('p', 'one draw per clip')):
             lines.append(f'| {a_} − {b_} | {name} | ' + ' | '.join(
                 '{:+.1f} ± {:.1f}'.format(*paired(recs, a_, b_, f'{key}{p}')) for p in DROPS) + ' |')
-    widest = {f'{a_} − {b_}': max(paired(recs, a_, b_, f'e{p}')[1] for p in DROPS) for a_, b_ in pairs}
+    widest = {f'{a_} − {b_}': max(paired(recs, a_, b_, f'e{p}')[1] for p in DROPS) for a_, b_ in PAIRS}
     caption = (f'Paired test-accuracy differences (points) at each drop probability, mean ± 95% t-interval over {n} training seeds '
                f'({", ".join(str(x["student"]["seed"]) for x in recs)}), on the fixed test split ({recs[0]["student"]["test_clips"]} clips, '
                f'{recs[0]["student"]["complete_clips"]} with all three modalities); every model trained until its validation accuracy had not '
@@ -231,13 +235,12 @@ def figure(recs, path, pilot=None):
                'Widest exact interval: ' + ', '.join(f'{k} ±{v:.1f}' for k, v in widest.items()) + '.')
     text = '### KARMMA in the miniature world, over seeds\n\n' + '\n'.join(lines) + f'\n\n*{caption}*\n'
     if pilot:
-        diff = lambda a_, b_, m: [x[a_][m] - x[b_][m] for x in recs]
         two = [head, lines[1]]
-        for a_, b_ in pairs:
+        for a_, b_ in PAIRS:
             for key, name in (('e', 'exact expectation'), ('p', 'one draw per clip')):
                 two.append(f'| {a_} − {b_} | {name} | ' + ' | '.join(
-                    '{:+.1f} ± {:.1f}'.format(*stein_interval(diff(a_, b_, f'{key}{p}'), pilot)) for p in DROPS) + ' |')
-        cells = [(diff(a_, b_, f'{k}{p}'), paired(recs, a_, b_, f'{k}{p}')[1]) for a_, b_ in pairs for k in 'ep' for p in DROPS]
+                    '{:+.1f} ± {:.1f}'.format(*stein_interval(diffs(recs, a_, b_, f'{key}{p}'), pilot)) for p in DROPS) + ' |')
+        cells = [(diffs(recs, a_, b_, f'{k}{p}'), paired(recs, a_, b_, f'{k}{p}')[1]) for a_, b_ in PAIRS for k in 'ep' for p in DROPS]
         need = max(stein_seeds(d[:pilot]) for d, _ in cells)
         wider = [h for d, h in cells if h > stein_interval(d, pilot)[1] + 1e-9]
         text += ("\n### The same differences, Stein's two-stage intervals\n\n" + '\n'.join(two) + '\n\n'
