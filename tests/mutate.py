@@ -78,6 +78,7 @@ EPI = (BH.format('episodes'), 'tests/test_video.py', P)
 RUNS = (BH.format('runs'), 'tests/test_runs.py')
 LRN = (BH.format('learner'), 'tests/test_learner.py')
 KAR = (BH.format('karmma'), 'tests/test_karmma.py')
+KW = ('tests/test_karmma_world.py', 'tests/test_karmma.py')
 REF = ('tests/test_reference_protocol.py', 'tests/test_authors_protocol.py', 'tests/test_config.py')   # issue 19
 B = Break
 BREAKS = [
@@ -439,6 +440,18 @@ BREAKS = [
       "the PPS table's rows of two benchmarks carry the same name", ('issue22', 'statistics'), ART),
     B('pps_table_accuracy_is_share', 'report.py', "acc: fmt_acc(r.accuracy, r.accuracy_ci95)", "acc: fmt_acc(r.pps_true_top, r.ci95)",
       "the PPS table's accuracy column repeats π's hit rate", ('issue22', 'statistics'), ART),
+    B('student_start_without_audio', 'karmma/world.py', "STUDENT_PRETRAINED = ('rgb', 'flow', 'audio')", "STUDENT_PRETRAINED = ('rgb', 'flow')",
+      "the world's student network starts its audio extractor from scratch by default", ('issue22', 'karmma'), KW),
+    B('checkpoint_modalities_ignored', 'karmma/model.py', 'cfg.extractor_checkpoint, cfg.checkpoint_modalities)', 'cfg.extractor_checkpoint)',
+      'a model loads every extractor from extractor_checkpoint whatever checkpoint_modalities says', ('issue22', 'karmma'), KW),
+    B('world_start_drops_modalities', 'karmma/world.py', 'checkpoint_modalities=None if every else mods)', 'checkpoint_modalities=None)',
+      "a start that pretrains some of the student network's extractors does not tell the config which", ('issue22', 'karmma'), KW),
+    B('world_start_reuses_any_file', 'karmma/world.py', 'if held != sorted(mods):', 'if False:',
+      'a folder holding extractors of another start is reused silently', ('issue22', 'karmma'), KW),
+    B('karmma_resumes_any_start', 'karmma/train.py', '        if was != now:\n', '        if False:\n',
+      'a KARMMA run folder trained from other extractors is resumed under a new start', ('issue22', 'karmma'), KW),
+    B('karmma_resumes_any_recipe', 'karmma/train.py', '        if recipe:\n', '        if False:\n',
+      'a KARMMA run folder is resumed under another warm-up, learning rate, dropout or seed', ('issue22', 'karmma'), KW),
 
     # ---- issue 19: the authors' protocol outside the head (presets `reference` and `reference_fixed`)
     B('bn_reference_never_switches', 'learner.py', 'return episode >= cfg.test_at[0]', 'return False',

@@ -266,6 +266,9 @@ def test_config_errors_name_the_field():
         make_karmma_config('kinetics')
     with pytest.raises(ValueError, match='unknown role'):
         make_karmma_config('synthetic', 'assistant')
+    for bad in ((), ('rgb', 'boxes')):
+        with pytest.raises(ValueError, match="'checkpoint_modalities'"): make_karmma_config('synthetic', checkpoint_modalities=bad)
+    assert make_karmma_config('synthetic', checkpoint_modalities=['flow']).checkpoint_modalities == ('flow',)
 
 
 def test_paper_presets():
@@ -411,6 +414,28 @@ def test_checkpoint_refuses_another_network(tmp_path):
         KarmmaTrainer(tiny('ce_only', epochs=1, batch_size=8), tmp_path / 'r', Clips(16), None, collate_fn=collate)
     with pytest.raises(FileNotFoundError):
         load_karmma_checkpoint(tmp_path / 'none.pt')
+
+
+def test_a_run_resumes_only_from_the_same_extractors(tmp_path):
+    "A run folder trained from random extractors is not resumed by a config that starts from a file, nor the reverse (nor other modalities)."
+    cfg = tiny('dropout_only', epochs=2, batch_size=8)
+    pretrain_extractors(cfg, Clips(16), tmp_path / 'ext.pt', epochs=1, batch_size=8, collate_fn=collate)
+    KarmmaTrainer(cfg, tmp_path / 'r', Clips(16), None, collate_fn=collate).fit(stop_after=1)
+    start = cfg.replace(extractor_checkpoint=str(tmp_path / 'ext.pt'))
+    with pytest.raises(ValueError, match=r"trained from other extractors \({'extractor_checkpoint': None.*'ext.pt'.*another run folder"):
+        KarmmaTrainer(start, tmp_path / 'r', Clips(16), None, collate_fn=collate)
+    assert KarmmaTrainer(cfg, tmp_path / 'r', Clips(16), None, collate_fn=collate).epoch == 1          # its own config resumes it
+    assert KarmmaTrainer(cfg.replace(epochs=4), tmp_path / 'r', Clips(16), None, collate_fn=collate).epoch == 1   # longer: allowed
+    for change, said in ((dict(warmup_epochs=0), 'warmup_epochs: checkpoint 1, config 0'), (dict(lr=1e-3), 'lr: checkpoint 0.002, config 0.001'),
+                         (dict(modality_dropout=0.3), 'modality_dropout: checkpoint 0.5, config 0.3'), (dict(seed=1), 'seed: checkpoint 0, config 1')):
+        with pytest.raises(ValueError, match=f'another recipe: {said}'):
+            KarmmaTrainer(cfg.replace(**change), tmp_path / 'r', Clips(16), None, collate_fn=collate)
+    KarmmaTrainer(start, tmp_path / 's', Clips(16), None, collate_fn=collate).fit(stop_after=1)
+    moved = start.replace(extractor_checkpoint=str(tmp_path / 'elsewhere' / 'ext.pt'))                # the same file, copied: the name counts
+    assert KarmmaTrainer(moved, tmp_path / 's', Clips(16), None, collate_fn=collate, model=KarmmaModel(start)).epoch == 1
+    for other in (cfg, start.replace(checkpoint_modalities=('rgb', 'flow'))):
+        with pytest.raises(ValueError, match='other extractors'):
+            KarmmaTrainer(other, tmp_path / 's', Clips(16), None, collate_fn=collate)
 
 
 def test_token_cache_on_disk_is_found_by_a_new_cache(tmp_path):
@@ -678,6 +703,25 @@ def test_pretrained_extractors_are_loaded_and_frozen(tmp_path):
         KarmmaModel(tiny('teacher', modalities=('rgb', 'flow', 'audio', 'boxes'), extractor_checkpoint=str(tmp_path / 'ext.pt')))
     with pytest.raises(FileNotFoundError, match='pretrain_extractors'):
         KarmmaModel(cfg.replace(extractor_checkpoint=str(tmp_path / 'none.pt')))
+
+
+def test_a_checkpoint_of_some_extractors_sets_only_those(tmp_path):
+    "pretrain_extractors on a subset writes only that subset; checkpoint_modalities loads it and leaves the others at their initialisation."
+    cfg = tiny('student', batch_size=8)
+    acc = pretrain_extractors(cfg, Clips(24), tmp_path / 'ext.pt', epochs=1, batch_size=8, collate_fn=collate, modalities=('flow',))
+    sd = torch.load(tmp_path / 'ext.pt', weights_only=True)
+    assert set(acc) == set(sd) == {'flow'}
+    torch.manual_seed(0); part = KarmmaModel(cfg.replace(extractor_checkpoint=str(tmp_path / 'ext.pt'), checkpoint_modalities=('flow',)))
+    torch.manual_seed(0); scratch = KarmmaModel(cfg)
+    for k, v in part.extractors['flow'].state_dict().items(): assert torch.equal(v, sd['flow'][k]), k
+    assert not all(torch.equal(v, sd['flow'][k]) for k, v in scratch.extractors['flow'].state_dict().items())
+    for m in ('rgb', 'audio'):
+        for k, v in part.extractors[m].state_dict().items(): assert torch.equal(v, scratch.extractors[m].state_dict()[k]), (m, k)
+    with pytest.raises(ValueError, match=r"holds no weights for \['rgb'\]"):       # every modality by default: this file lacks two
+        KarmmaModel(cfg.replace(extractor_checkpoint=str(tmp_path / 'ext.pt'), checkpoint_modalities=('rgb', 'flow')))
+    with pytest.raises(ValueError, match='no weights for'): KarmmaModel(cfg.replace(extractor_checkpoint=str(tmp_path / 'ext.pt')))
+    with pytest.raises(ValueError, match='give each its targets'):
+        pretrain_extractors(cfg, Clips(24), tmp_path / 'x.pt', epochs=1, collate_fn=collate, modalities=('flow',), targets={'rgb': cfg.classes})
 
 
 # ---- the synthetic benchmark (slow)

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from m2df.karmma.data import KarmmaDataset
-from m2df.karmma.model import make_karmma_config
+from m2df.karmma.model import KarmmaModel, make_karmma_config
 from m2df.karmma.train import CachedClips, KarmmaTrainer, stopping_reason, pretrain_extractors, probe_accuracy, UnimodalProbe
 from m2df.karmma.world import (MODALITY_SHOWS, POOL_TARGETS, WORLD_KARMMA_CLASSES, WORLD_SOUNDS, karmma_pool_item, karmma_pool_rng,
                                karmma_world_rng, karmma_world_video, load_karmma_pool, load_karmma_world, make_karmma_pool,
-                               make_karmma_world, modality_bound, world_sound)
+                               make_karmma_world, modality_bound, pretrain_world_extractors, world_sound)
 from m2df.video import open_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,6 +123,53 @@ def test_extractors_pretrained_on_their_own_attributes(small, tmp_path):
         pretrain_extractors(cfg, ds['train'], tmp_path / 'x.pt', epochs=1, targets={'rgb': {'colour': 6}})
 
 
+def test_each_network_starts_from_its_own_pool_extractors(small, tmp_path):
+    """The teacher's file is exactly pretrain_extractors' on every modality; the student network's holds what the start asks for
+    (default all three; ('rgb', 'flow'): its audio starts random; (): nothing, from scratch); a file of another start is refused."""
+    _, pool = small
+    roles = ('teacher', 'student', 'dropout_only', 'ce_only')
+    cfgs0 = {r: make_karmma_config('world', r, device='cpu', seed=3) for r in roles}
+    ds = {p: CachedClips(KarmmaDataset(load_karmma_pool(pool, p), modalities=cfgs0['student'].modalities, frames=4, size=32))
+          for p in ('train', 'held_out')}
+    cfgs = pretrain_world_extractors(cfgs0, ds, tmp_path / 'all', epochs=1, seed=3)
+    assert {r: (Path(c.extractor_checkpoint).name, c.checkpoint_modalities) for r, c in cfgs.items()} == {
+        'teacher': ('teacher_extractors.pt', None), **{r: ('student_extractors.pt', None) for r in roles[1:]}}
+    pretrain_extractors(cfgs0['teacher'], ds['train'], tmp_path / 'direct.pt', epochs=1, seed=3, targets=POOL_TARGETS, held_out=ds['held_out'],
+                        batch_size=32)
+    mine, direct = (torch.load(tmp_path / f, weights_only=True) for f in ('all/teacher_extractors.pt', 'direct.pt'))
+    assert mine.keys() == direct.keys() == {'rgb', 'flow', 'audio'}
+    assert all(torch.equal(mine[m][k], direct[m][k]) for m in direct for k in direct[m])
+    st = torch.load(tmp_path / 'all' / 'student_extractors.pt', weights_only=True)
+    assert set(st) == {'rgb', 'flow', 'audio'}
+    assert json.loads((tmp_path / 'all' / 'student_extractors.json').read_text())['network'] == 'student'
+    torch.manual_seed(0); model = KarmmaModel(cfgs['dropout_only'])
+    eq = lambda a, b: all(torch.equal(x, b[k]) for k, x in a.state_dict().items())
+    assert all(eq(model.extractors[m], st[m]) for m in st)
+    assert any(p.requires_grad for p in model.extractors['rgb'].parameters())       # fine-tuned, not frozen
+    mtime = (tmp_path / 'all' / 'student_extractors.pt').stat().st_mtime_ns
+    pretrain_world_extractors({'ce_only': cfgs0['ce_only']}, ds, tmp_path / 'all', epochs=1, seed=3)   # reused
+    assert (tmp_path / 'all' / 'student_extractors.pt').stat().st_mtime_ns == mtime
+    with pytest.raises(ValueError, match=r"student_extractors.pt holds pretrained extractors of \['audio', 'flow', 'rgb'\].*another folder"):
+        pretrain_world_extractors(cfgs0, ds, tmp_path / 'all', epochs=1, seed=3, student_modalities=('rgb', 'flow'))
+
+    part = pretrain_world_extractors(cfgs0, ds, tmp_path / 'part', epochs=1, seed=3, student_modalities=('flow', 'rgb'))
+    st = torch.load(tmp_path / 'part' / 'student_extractors.pt', weights_only=True)
+    rec = json.loads((tmp_path / 'part' / 'student_extractors.json').read_text())
+    assert set(st) == set(rec['extractors']) == {'rgb', 'flow'} and rec['extractors']['flow']['targets'] == {'motion': 8}
+    assert part['student'].checkpoint_modalities == ('rgb', 'flow')                 # in the config's order
+    torch.manual_seed(0); model = KarmmaModel(part['dropout_only'])
+    torch.manual_seed(0); scratch = KarmmaModel(cfgs0['dropout_only'])
+    assert eq(model.extractors['rgb'], st['rgb']) and eq(model.extractors['flow'], st['flow'])
+    assert not eq(scratch.extractors['rgb'], st['rgb'])
+    assert eq(model.extractors['audio'], scratch.extractors['audio'].state_dict())
+
+    none = pretrain_world_extractors(cfgs0, ds, tmp_path / 'none', epochs=1, seed=3, student_modalities=())
+    assert sorted(f.name for f in (tmp_path / 'none').iterdir()) == ['teacher_extractors.json', 'teacher_extractors.pt']
+    assert all(none[r] == cfgs0[r] for r in roles[1:]) and none['teacher'].extractor_checkpoint
+    with pytest.raises(ValueError, match='non-empty subset'):
+        pretrain_extractors(cfgs0['student'], ds['train'], tmp_path / 'x.pt', epochs=1, modalities=('rgb', 'boxes'))
+
+
 def test_probe_accuracy_counts_by_hand():
     "A probe whose heads answer fixed classes: accuracy per target and all-right, on the clips holding its modality."
     class Data(torch.utils.data.Dataset):
@@ -217,6 +264,26 @@ def test_bench_refuses_a_pilot_larger_than_the_seeds(capsys):
     assert '--pilot must be 2 to the 2 seeds given, got 3' in capsys.readouterr().err
 
 
+def test_bench_refuses_records_of_another_start(tmp_path):
+    "A record says which extractors its model started pretrained; a record of another start is refused, naming the file."
+    b = load_bench()
+    cfg = {r: make_karmma_config('world', r, device='cpu') for r in b.ROLES}
+    assert [b.world_start(cfg[r]) for r in b.ROLES] == [['rgb', 'flow', 'audio']] * 4
+    assert [b.world_start(cfg[r], ('flow', 'rgb')) for r in b.ROLES] == [['rgb', 'flow', 'audio']] + [['rgb', 'flow']] * 3
+    assert b.world_start(cfg['ce_only'], ()) == [] and b.world_start(cfg['teacher'], ()) == ['rgb', 'flow', 'audio']
+    assert b.started_pretrained(cfg['student']) == [] and b.started_pretrained(cfg['teacher'].replace(extractor_checkpoint='t.pt')) == ['rgb', 'flow', 'audio']
+    assert b.started_pretrained(cfg['ce_only'].replace(extractor_checkpoint='s.pt', checkpoint_modalities=('rgb', 'flow'))) == ['rgb', 'flow']
+    f = tmp_path / 'r.json'
+    f.write_text(json.dumps(dict(all=90.)))                 # written before `pretrained`: a teacher pretrained, a student from scratch
+    assert b.checked(f, cfg['teacher'])['all'] == 90. and b.checked(f, cfg['student'], ())['all'] == 90.
+    with pytest.raises(ValueError, match=r"r\.json: its student started with the extractors of none pretrained.*\['rgb', 'flow', 'audio'\]"):
+        b.checked(f, cfg['student'])
+    f.write_text(json.dumps(dict(all=80., pretrained=['rgb', 'flow'])))
+    assert b.checked(f, cfg['dropout_only'], ('rgb', 'flow'))['all'] == 80.
+    for c, start in ((cfg['teacher'], ('rgb', 'flow')), (cfg['dropout_only'], ('rgb', 'flow', 'audio')), (cfg['ce_only'], ())):
+        with pytest.raises(ValueError, match='another --out'): b.checked(f, c, start)
+
+
 def test_bench_trains_four_models_records_and_resumes(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv('M2DF_CACHE', str(tmp_path / 'cache'))
     b = load_bench()
@@ -228,6 +295,7 @@ def test_bench_trains_four_models_records_and_resumes(tmp_path, monkeypatch, cap
     for r, f in files.items():
         rec = json.loads(f.read_text())
         assert rec['stop']['reason'] == 'max_epochs' and rec['stop']['epoch'] == 2 and rec['train_cpu_s'] > 0
+        assert rec['pretrained'] == ['rgb', 'flow', 'audio']
         assert set(rec['subsets']) == {'+'.join(s) for s in SUBSETS} and 'p0.9' in rec
         assert math.isclose(rec['missing'], np.mean([v for k, v in rec['subsets'].items() if k != 'rgb+flow+audio']))
         a = rec['subsets']                       # the exact drop curve: everything kept at p = 0; at 0.5 by hand (1/8 each, + 1/24 to singles)
@@ -260,5 +328,9 @@ def test_papermill_world_tiny(tmp_path):
     assert 'held-out pool accuracy' in out
     rec = json.loads((tmp_path / 'run' / 'teacher_extractors.json').read_text())
     assert rec['extractors']['flow']['targets'] == {'motion': 8} and rec['extractors']['rgb']['clips'] == 32   # 40 less the fifth held out
+    assert set(json.loads((tmp_path / 'run' / 'student_extractors.json').read_text())['extractors']) == {'rgb', 'flow', 'audio'}
+    for role in ('student', 'ce_only', 'dropout_only'):
+        c = json.loads((tmp_path / 'run' / role / 'config.json').read_text())
+        assert Path(c['extractor_checkpoint']).name == 'student_extractors.pt' and c['checkpoint_modalities'] is None
     for role in ('teacher', 'student', 'ce_only', 'dropout_only'):
         assert json.loads((tmp_path / 'run' / role / 'result.json').read_text())['stop']['reason'] == 'max_epochs'

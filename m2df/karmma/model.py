@@ -66,6 +66,7 @@ class KarmmaConfig:
     freeze_extractors: bool = False       # True: extractors fixed (the teacher), their tokens can be cached
     trainable_extractors: tuple = ()      # modalities whose extractor trains even when freeze_extractors is on (no pretrained weights: SSv2 boxes)
     extractor_checkpoint: Optional[str] = None  # file of pretrained extractor weights {modality: state dict} (`pretrain_extractors`), loaded after extractor_weights
+    checkpoint_modalities: Optional[tuple] = None  # the modalities whose extractor extractor_checkpoint sets (None: every one); the others keep their initialisation
     tiny_dim: int = 64                    # width of the tiny video extractor
     tiny_depth: int = 1                   # its transformer layers
     tiny_heads: int = 4                   # its attention heads
@@ -138,6 +139,8 @@ class KarmmaConfig:
         need(self.missing in MISSING_MODES, 'missing', f'choose from {MISSING_MODES}')
         need(len(self.tiny_patch) == 3, 'tiny_patch', 'give (frames, height, width)')
         need(set(self.trainable_extractors) <= set(self.modalities), 'trainable_extractors', f'name modalities of {self.modalities}')
+        need(self.checkpoint_modalities is None or (len(self.checkpoint_modalities) > 0 and set(self.checkpoint_modalities) <= set(self.modalities)),
+             'checkpoint_modalities', f'None or a non-empty subset of {self.modalities}')
         need(isinstance(self.views, int) and self.views >= 0, 'views', 'must be 0 (a new view every epoch) or a positive integer')
         need(self.rgb_norm in ('auto', 'imagenet', 'clip'), 'rgb_norm', 'choose auto, imagenet or clip')
         for name in ('frames', 'size', 'tiny_dim', 'tiny_depth', 'tiny_heads', 'audio_dim', 'audio_depth', 'audio_heads',
@@ -484,7 +487,7 @@ class KarmmaModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.extractors = nn.ModuleDict({m: build_extractor(cfg, m) for m in cfg.modalities})
-        if cfg.extractor_checkpoint: load_extractor_weights(self.extractors, cfg.extractor_checkpoint)
+        if cfg.extractor_checkpoint: load_extractor_weights(self.extractors, cfg.extractor_checkpoint, cfg.checkpoint_modalities)
         self.fusion = ModalityFusion(cfg.modalities, {m: e.dim for m, e in self.extractors.items()}, cfg.fusion_dim,
                                      cfg.fusion_layers, cfg.fusion_heads, cfg.theta, cfg.fusion_mlp_ratio,
                                      cfg.fusion_attn_dropout, cfg.fusion_dropout)
@@ -533,15 +536,17 @@ def save_extractor_weights(extractors:nn.ModuleDict, path) -> Path:
     save_checkpoint(path, {m: e.state_dict() for m, e in extractors.items()})
     return path
 
-def load_extractor_weights(extractors:nn.ModuleDict, path):
-    "Load `save_extractor_weights`' file into `extractors`; every modality must be in it and fit."
+def load_extractor_weights(extractors:nn.ModuleDict, path,
+                           modalities:Optional[tuple]=None): # the extractors to set (None: every one); each must be in the file
+    "Load `save_extractor_weights`' file into the extractors of `modalities`; each must be in it and fit, the others are left as they are."
     p = Path(path).expanduser()
     if not p.is_file(): raise FileNotFoundError(f'extractor_checkpoint {str(p)!r} does not exist (write one with pretrain_extractors)')
     sd = torch.load(p, map_location='cpu', weights_only=True)
-    missing = [m for m in extractors if m not in sd]
+    mods = tuple(extractors) if modalities is None else tuple(modalities)
+    missing = [m for m in mods if m not in sd]
     if missing: raise ValueError(f'extractor_checkpoint {str(p)!r} holds no weights for {missing} (it has {sorted(sd)})')
-    for m, e in extractors.items():
-        try: e.load_state_dict(sd[m])
+    for m in mods:
+        try: extractors[m].load_state_dict(sd[m])
         except RuntimeError as err: raise ValueError(f'extractor_checkpoint {str(p)!r}: the {m!r} weights do not fit this extractor: {err}') from None
 
 # %% ../../nbs/22_karmma_model.ipynb #15944e2b

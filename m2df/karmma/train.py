@@ -24,11 +24,12 @@ from ..learner import resolve_device, seed_everything, step_seed
 from ..runs import RunDir, atomic_write_text, config_mismatch, load_checkpoint, save_checkpoint
 
 # %% auto #0
-__all__ = ['KARMMA_ARCH_FIELDS', 'DROP_LEVELS', 'karmma_lr', 'batch_to', 'batch_labels', 'default_collate', 'TokenStore',
-           'clip_keys', 'TokenCache', 'model_tokens', 'CachedClips', 'load_karmma_checkpoint', 'load_karmma_model',
-           'stopping_reason', 'KarmmaTrainer', 'UnimodalProbe', 'probe_accuracy', 'pretrain_extractors',
-           'modality_subsets', 'subset_name', 'fixed_drops', 'drop_weight', 'expected_drop_accuracy',
-           'evaluate_protocols', 'evaluate_all_modalities', 'subset_table', 'drop_table']
+__all__ = ['KARMMA_ARCH_FIELDS', 'KARMMA_RECIPE_FIELDS', 'DROP_LEVELS', 'karmma_lr', 'batch_to', 'batch_labels',
+           'default_collate', 'TokenStore', 'clip_keys', 'TokenCache', 'model_tokens', 'CachedClips',
+           'load_karmma_checkpoint', 'extractor_start', 'load_karmma_model', 'stopping_reason', 'KarmmaTrainer',
+           'UnimodalProbe', 'probe_accuracy', 'pretrain_extractors', 'modality_subsets', 'subset_name', 'fixed_drops',
+           'drop_weight', 'expected_drop_accuracy', 'evaluate_protocols', 'evaluate_all_modalities', 'subset_table',
+           'drop_table']
 
 # %% ../../nbs/23_karmma_train.ipynb #8623d1b1
 def karmma_lr(cfg:KarmmaConfig, step:int, steps_per_epoch:int) -> float:
@@ -203,6 +204,9 @@ class CachedClips(torch.utils.data.Dataset):
 KARMMA_ARCH_FIELDS = ('modalities', 'targets', 'num_classes', 'video_extractor', 'audio_extractor', 'tiny_dim', 'tiny_depth',
                       'tiny_heads', 'tiny_patch', 'audio_dim', 'audio_depth', 'audio_heads', 'audio_patch', 'theta', 'fusion_dim',
                       'fusion_layers', 'fusion_heads', 'fusion_mlp_ratio', 'missing', 'role')
+KARMMA_RECIPE_FIELDS = ('frames', 'size', 'views', 'freeze_extractors', 'trainable_extractors', 'fusion_attn_dropout', 'fusion_dropout',
+                        'head_dropout', 'aux_loss', 'ce_weight', 'aux_weight', 'infonce_tau', 'kd_temperature', 'modality_dropout',
+                        'warmup_epochs', 'lr', 'warmup_lr', 'min_lr', 'weight_decay', 'grad_clip', 'batch_size', 'seed')   # a run resumes only under these
 
 def load_karmma_checkpoint(path, cfg:Optional[KarmmaConfig]=None, map_location='cpu') -> dict:
     "Load a KARMMA checkpoint (weights only); with `cfg`, refuse one written for another network, naming the fields."
@@ -214,6 +218,11 @@ def load_karmma_checkpoint(path, cfg:Optional[KarmmaConfig]=None, map_location='
             raise ValueError(f'checkpoint {path} was written for another KARMMA model: {lines}. '
                              f'Use the config it was trained with (its run folder has config.json).')
     return state
+
+def extractor_start(cfg:dict) -> dict:
+    "Where a model's extractors start: the file name of its `extractor_checkpoint` (None: no file) and the modalities it sets."
+    f, mods = cfg.get('extractor_checkpoint'), cfg.get('checkpoint_modalities')
+    return dict(extractor_checkpoint=Path(f).name if f else None, checkpoint_modalities=list(mods) if mods else None)
 
 def load_karmma_model(path, device='cpu', **overrides) -> KarmmaModel:
     "A model rebuilt from a checkpoint's own config (weights from the checkpoint; nothing downloaded)."
@@ -284,8 +293,18 @@ class KarmmaTrainer:
     def save(self, path): save_checkpoint(path, self.state())
 
     def load(self, path):
-        "Restore the model, optimiser and counters from a checkpoint written for this network."
+        "Restore the model, optimiser and counters from a checkpoint written for this network, from the same extractors."
         s = load_karmma_checkpoint(path, self.cfg, map_location=self.device)
+        recipe = config_mismatch(s['config'], self.cfg, KARMMA_RECIPE_FIELDS)
+        if recipe:
+            raise ValueError(f'checkpoint {path} was trained with another recipe: '
+                             + '; '.join(f'{k}: checkpoint {a!r}, config {b!r}' for k, (a, b) in recipe.items())
+                             + '. Resume it with the config it was trained with (its run folder has config.json; epochs and patience '
+                               'may change), or give another run folder')
+        was, now = extractor_start(s['config']), extractor_start(self.cfg.to_dict())
+        if was != now:
+            raise ValueError(f'checkpoint {path} was trained from other extractors ({was}) than this config starts from ({now}): '
+                             'resume it with the config it was trained with, or give another run folder')
         self.model.load_state_dict(s['model']); self.opt.load_state_dict(s['optimizer'])
         self.epoch, self.step, self.best, self.history = s['epoch'], s['step'], s['best'], s['history']
 
@@ -423,21 +442,25 @@ def probe_accuracy(probe:UnimodalProbe, data, batch_size:int=64, collate_fn:Opti
     return dict(**{t: 100 * v.float().mean().item() for t, v in ok.items()},
                 all=100 * torch.stack(list(ok.values())).all(0).float().mean().item(), clips=len(next(iter(ok.values()))))
 
-def pretrain_extractors(cfg:KarmmaConfig,        # the teacher's config: its extractors, modalities and targets
+def pretrain_extractors(cfg:KarmmaConfig,        # the config of the network whose extractors are pretrained (modalities, targets)
                         data,                    # map-style dataset of training clips
                         path,                    # output file, for `extractor_checkpoint` (and <path>.json, the record)
                         epochs:int=10, lr:float=2e-3, weight_decay:float=0.05, batch_size:int=32,
                         collate_fn:Optional[Callable]=None, seed:int=0, device='cpu',
                         targets:Optional[dict]=None,  # modality -> {target: classes} each extractor learns; None: cfg's targets for all
                         held_out=None,                # dataset scored after training (the record's held_out accuracy)
+                        modalities:Optional[tuple]=None, # the extractors to pretrain (None: every one of cfg's)
                        ) -> dict:
     "Train each modality's extractor alone (cross-entropy through linear heads) and save them; returns each one's training accuracy."
     collate_fn = collate_fn or getattr(data, 'collate', None) or default_collate()
-    targets = targets or {m: cfg.classes for m in cfg.modalities}
-    if set(targets) != set(cfg.modalities):
-        raise ValueError(f'targets name the modalities {sorted(targets)}; the config has {list(cfg.modalities)}: give each its targets')
+    mods = tuple(cfg.modalities) if modalities is None else tuple(modalities)
+    if not mods or not set(mods) <= set(cfg.modalities):
+        raise ValueError(f'modalities={modalities!r}: pretrain a non-empty subset of the config\'s {list(cfg.modalities)}')
+    targets = targets or {m: cfg.classes for m in mods}
+    if set(targets) != set(mods):
+        raise ValueError(f'targets name the modalities {sorted(targets)}; the extractors pretrained are {list(mods)}: give each its targets')
     device, probes, acc, record = torch.device(device), {}, {}, {}
-    for m in cfg.modalities:
+    for m in mods:
         torch.manual_seed(step_seed(seed, 1, len(probes)))
         probe = UnimodalProbe(cfg.replace(extractor_checkpoint=None), m, targets[m]).to(device).train()
         opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)

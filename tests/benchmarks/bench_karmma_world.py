@@ -5,8 +5,13 @@ so that RGB alone can reach at most 50 %, flow 16.7 %, audio 8.3 %. For each see
 pretrained alone on the separate pretraining pool (each on the attributes its modality shows) and frozen; the teacher
 (CE + InfoNCE) trains its fusion block and MLP; then the student (modality dropout, CE + KD from the teacher), the
 `dropout_only` baseline (the student's network and modality dropout, no teacher: the ablation of distillation) and
-the `ce_only` baseline. Every model trains until its validation accuracy has not improved for `patience` epochs
-(scale `tiny_converge`: at most 120 epochs, patience 30), and its record says where and why it stopped.
+the `ce_only` baseline. The three models of the student's network start from the same extractors, pretrained on the
+pool like the teacher's (`pretrain_world_extractors`; the paper's student fine-tunes a Kinetics-400 Swin-T for RGB and
+flow and starts its audio transformer from scratch): `--student-pretrained` names which (default all three; `rgb flow`
+is the paper's start, nothing after it: from scratch). A record says which extractors its model started pretrained,
+and records of another start are refused rather than mixed. Every model trains until its validation accuracy has not
+improved for `patience` epochs (scale `tiny_converge`: at most 120 epochs, patience 30), and its record says where and
+why it stopped.
 
 All four are scored on the test split under both protocols: every modality subset on the clips that hold all three
 modalities (`all`: the three; `missing`: the mean over the six subsets lacking one or two), and each modality dropped
@@ -38,10 +43,9 @@ from scipy import stats
 
 from m2df.karmma.data import KarmmaDataset
 from m2df.karmma.model import make_karmma_config
-from m2df.karmma.train import (CachedClips, KarmmaTrainer, evaluate_protocols, expected_drop_accuracy, modality_subsets,
-                               pretrain_extractors)
-from m2df.karmma.world import (POOL_TARGETS, karmma_pool_root, karmma_world_root, load_karmma_pool, load_karmma_world,
-                               modality_bound)
+from m2df.karmma.train import CachedClips, KarmmaTrainer, evaluate_protocols, expected_drop_accuracy, modality_subsets
+from m2df.karmma.world import (STUDENT_PRETRAINED, karmma_pool_root, karmma_world_root, load_karmma_pool, load_karmma_world,
+                               modality_bound, pretrain_world_extractors)
 from m2df.runs import atomic_write_text
 
 ROLES = ('teacher', 'student', 'dropout_only', 'ce_only')
@@ -108,26 +112,43 @@ def with_expected(rec, mods):
     return {**rec, **{f'e{p}': expected_drop_accuracy(rec['subsets'], p, mods) for p in DROPS}}
 
 
+def started_pretrained(cfg):
+    "The modalities whose extractor the model of `cfg` starts pretrained on the pool (a record's `pretrained`)."
+    if not cfg.extractor_checkpoint: return []
+    return list(cfg.checkpoint_modalities or cfg.modalities)
+
+
+def world_start(cfg, student=STUDENT_PRETRAINED):
+    "The modalities `pretrain_world_extractors` starts pretrained for `cfg`'s role: all for the teacher, those of `student` for the others."
+    return list(cfg.modalities) if cfg.role == 'teacher' else [m for m in cfg.modalities if m in student]
+
+
+def checked(path, cfg, student=STUDENT_PRETRAINED):
+    """The record at `path`, refused when its model started from other extractors than this code starts `cfg`'s role with
+    (records written before `pretrained` existed: the teacher's started pretrained, the student network's from scratch)."""
+    rec = json.loads(Path(path).read_text())
+    want = world_start(cfg, student)
+    had = rec.get('pretrained', list(cfg.modalities) if cfg.role == 'teacher' else [])
+    if had != want:
+        raise ValueError(f'{path}: its {cfg.role} started with the extractors of {had or "none"} pretrained, this code starts it with '
+                         f'{want or "none"}: give another --out (records of different starts are not mixed)')
+    return rec
+
+
 def one_seed(seed, ds, out, a, over):
     "Train (or reuse) the four models of one seed; their records {role: record}."
     cfgs = {r: make_karmma_config('world', r, device='cpu', seed=seed, **over) for r in ROLES}
     d = out / f'seed{seed}'; d.mkdir(parents=True, exist_ok=True)
     files = {r: d / f'{r}.json' for r in ROLES}
-    read = lambda r: with_expected(json.loads(files[r].read_text()), cfgs[r].modalities)
+    read = lambda r: with_expected(checked(files[r], cfgs[r], a.student_pretrained), cfgs[r].modalities)
     if all(f.exists() for f in files.values()): return {r: read(r) for r in ROLES}
-    weights = d / 'teacher_extractors.pt'
-    if not weights.exists():
-        w0, c0 = time.time(), time.process_time()
-        pretrain_extractors(cfgs['teacher'], ds['pool_train'], weights, epochs=a.pretrain_epochs, seed=seed, targets=POOL_TARGETS,
-                            held_out=ds['pool_held_out'], batch_size=cfgs['teacher'].batch_size)
-        rec = json.loads(weights.with_suffix('.json').read_text())
-        rec.update(wall_s=round(time.time() - w0, 1), cpu_s=round(time.process_time() - c0, 1))
-        atomic_write_text(weights.with_suffix('.json'), json.dumps(rec, indent=1))
-    pre = json.loads(weights.with_suffix('.json').read_text())
-    print(f'  seed {seed}: extractors pretrained on {len(ds["pool_train"])} pool clips, {a.pretrain_epochs} epochs; held-out pool accuracy % '
-          + '; '.join(f"{m} {', '.join(f'{k} {v:.1f}' for k, v in r['held_out'].items() if k != 'clips')}" for m, r in pre['extractors'].items()),
-          flush=True)
-    cfgs['teacher'] = cfgs['teacher'].replace(extractor_checkpoint=str(weights))
+    cfgs = pretrain_world_extractors(cfgs, {'train': ds['pool_train'], 'held_out': ds['pool_held_out']}, d, epochs=a.pretrain_epochs, seed=seed,
+                                     student_modalities=a.student_pretrained)
+    for net in ('teacher', 'student') if a.student_pretrained else ('teacher',):
+        pre = json.loads((d / f'{net}_extractors.json').read_text())
+        print(f'  seed {seed}: {net} network, extractors pretrained on {len(ds["pool_train"])} pool clips, {a.pretrain_epochs} epochs; held-out pool accuracy % '
+              + '; '.join(f"{m} {', '.join(f'{k} {v:.1f}' for k, v in r['held_out'].items() if k != 'clips')}" for m, r in pre['extractors'].items()),
+              flush=True)
     recs, teacher = {}, None
     for role in ROLES:
         if files[role].exists() and not (role == 'teacher' and not files['student'].exists()):
@@ -142,7 +163,7 @@ def one_seed(seed, ds, out, a, over):
         if files[role].exists(): recs[role] = read(role); continue   # the teacher, rebuilt for the student
         res = evaluate_protocols({role: tr.model}, ds['test'], caches={role: tr.cache} if tr.cache is not None else None,
                                  seed=cfgs[role].eval_seed)
-        recs[role] = dict(seed=seed, role=role, **figures(res, role, cfgs[role].modalities), stop=result['stop'],
+        recs[role] = dict(seed=seed, role=role, pretrained=started_pretrained(cfgs[role]), **figures(res, role, cfgs[role].modalities), stop=result['stop'],
                           best_val=result['best_val'], resumed_from_epoch=start, train_wall_s=round(wall, 1), train_cpu_s=round(cpu, 1),
                           test_clips=res['clips'], complete_clips=res['complete_clips'])
         atomic_write_text(files[role], json.dumps(recs[role], indent=1))
@@ -264,6 +285,8 @@ def main(argv=None):
     ap.add_argument('--videos-per-class', type=int, default=None, help='clips per class of the benchmark (default 30)')
     ap.add_argument('--max-epochs', type=int, default=None, help="most epochs per model (default: the scale's 120)")
     ap.add_argument('--patience', type=int, default=None, help="epochs without a better validation accuracy that stop (default 30)")
+    ap.add_argument('--student-pretrained', nargs='*', choices=('rgb', 'flow', 'audio'), default=list(STUDENT_PRETRAINED),
+                    help="the student network's extractors that start pretrained on the pool (default all three; none: from scratch)")
     ap.add_argument('--threads', type=int, default=1)
     ap.add_argument('--figure', default=None, help='also write <figure>.png and <figure>.md from the seeds given')
     ap.add_argument('--pilot', type=int, default=None,
